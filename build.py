@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""NeuralDrive builder: turn a YAML profile into a bootable Debian live ISO, and prove it boots.
+
+Thin CLI: parses options, calls the stages in builder/, maps their errors to exit codes
+(2 bad input, 1 build or run failure) and one-line messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from builder import steps
+from builder.errors import NeuralDriveError, ProfileError
+from builder.profile import Profile, load_profile
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "neuraldrive"
+
+
+def handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except NeuralDriveError as exc:
+            lines = str(exc).splitlines() or [exc.__class__.__name__]
+            for extra in lines[1:]:
+                click.echo(extra, err=True)
+            click.echo(f"error: {lines[0]}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def common_options(func: F) -> F:
+    options = [
+        click.option("--profile", "profile_name", default="default", show_default=True,
+                     help="Profile name (config/profiles/NAME.yaml) or path to a YAML file."),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+                     help="Directory for the ISO and its companion files."),
+        click.option("--cache-dir", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True,
+                     help="Artifact cache, live-build package/bootstrap cache and build dirs."),
+        click.option("--offline", is_flag=True, help="Never download artifacts: use the cache or fail."),
+        click.option("-v", "--verbose", is_flag=True, help="Print more detail."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def artifact_options(func: F) -> F:
+    options = [
+        click.option("--artifact-mirror", metavar="URL",
+                     help="Base URL serving the release assets by file name (local or air-gapped mirror)."),
+        click.option("--ollama-archive", metavar="PATH|URL", envvar="NEURALDRIVE_OLLAMA_ARCHIVE",
+                     help="Use this ollama-linux-amd64.tar.zst instead of the pinned URL "
+                          "(env NEURALDRIVE_OLLAMA_ARCHIVE). Verified against the pin unless --ollama-sha256."),
+        click.option("--ollama-sha256", metavar="HEX",
+                     help="sha256 of --ollama-archive when it is not the pinned release (makes it unofficial)."),
+        click.option("--allow-unofficial-artifacts", is_flag=True,
+                     help="Let a release profile use an archive that is not an official Ollama release asset."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _profile(name: str, authorized_keys: Path | None = None) -> Profile:
+    profile = load_profile(name)
+    if authorized_keys is not None:
+        from dataclasses import replace
+
+        if not profile.ssh.enabled:
+            raise ProfileError(f"{profile.source}: ssh.enabled: --authorized-keys given but SSH is off")
+        if not authorized_keys.is_file():
+            raise ProfileError(f"--authorized-keys: {authorized_keys}: no such file")
+        profile = replace(profile, ssh=replace(profile.ssh, authorized_keys=str(authorized_keys.resolve())))
+    return profile
+
+
+def _artifact_opts(offline: bool, mirror: str | None, archive: str | None, sha: str | None, allow: bool) -> Any:
+    from builder.pipeline import ArtifactOptions
+
+    return ArtifactOptions(mirror=mirror, archive=archive, archive_sha256=sha, allow_unofficial=allow, offline=offline)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Build NeuralDrive live ISOs (Debian 13 + Ollama appliance) and test them in QEMU."""
+
+
+@cli.command()
+@common_options
+@artifact_options
+@click.option("--authorized-keys", type=click.Path(path_type=Path),
+              help="SSH public keys for neuraldrive-admin (profile must enable SSH).")
+@handle_errors
+def iso(profile_name: str, out_dir: Path, cache_dir: Path, offline: bool, verbose: bool, artifact_mirror: str | None,
+        ollama_archive: str | None, ollama_sha256: str | None, allow_unofficial_artifacts: bool,
+        authorized_keys: Path | None) -> None:
+    """Build the bootable hybrid ISO for a profile (needs root)."""
+    from builder.pipeline import build_iso
+
+    steps.set_verbose(verbose)
+    profile = _profile(profile_name, authorized_keys)
+    options = _artifact_opts(offline, artifact_mirror, ollama_archive, ollama_sha256, allow_unofficial_artifacts)
+    outputs = build_iso(profile, out_dir, cache_dir, options)
+    click.echo(str(outputs.iso))
+
+
+@cli.command()
+@common_options
+@artifact_options
+@click.option("--tree-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the live-build config dir [default: OUT/tree-PROFILE].")
+@click.option("--authorized-keys", type=click.Path(path_type=Path),
+              help="SSH public keys for neuraldrive-admin (profile must enable SSH).")
+@click.option("--no-artifacts", is_flag=True, help="Render without fetching or staging the engine archive.")
+@handle_errors
+def tree(profile_name: str, out_dir: Path, cache_dir: Path, offline: bool, verbose: bool,
+         artifact_mirror: str | None, ollama_archive: str | None, ollama_sha256: str | None,
+         allow_unofficial_artifacts: bool, tree_dir: Path | None, authorized_keys: Path | None,
+         no_artifacts: bool) -> None:
+    """Render the live-build config dir only (no root needed)."""
+    from builder.pipeline import artifacts_for, fetch_all
+    from builder.render import render_tree
+
+    steps.set_verbose(verbose)
+    profile = _profile(profile_name, authorized_keys)
+    options = _artifact_opts(offline, artifact_mirror, ollama_archive, ollama_sha256, allow_unofficial_artifacts)
+    staged = [] if no_artifacts else fetch_all(artifacts_for(profile, options), cache_dir, offline)
+    target = tree_dir or out_dir / f"tree-{profile.name}"
+    if target.exists():
+        shutil.rmtree(target)
+    render_tree(profile, target, staged)
+    click.echo(str(target))
+
+
+@cli.command()
+@common_options
+@artifact_options
+@handle_errors
+def fetch(profile_name: str, out_dir: Path, cache_dir: Path, offline: bool, verbose: bool,
+          artifact_mirror: str | None, ollama_archive: str | None, ollama_sha256: str | None,
+          allow_unofficial_artifacts: bool) -> None:
+    """Download and verify the profile's artifacts into the cache only."""
+    from builder.pipeline import artifacts_for, fetch_all
+
+    steps.set_verbose(verbose)
+    profile = _profile(profile_name)
+    options = _artifact_opts(offline, artifact_mirror, ollama_archive, ollama_sha256, allow_unofficial_artifacts)
+    for item in fetch_all(artifacts_for(profile, options), cache_dir, offline):
+        click.echo(f"{item.artifact.sha256}  {item.path}")
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--sums", "sums_source", metavar="PATH|URL",
+              help="Read sha256sum.txt from here instead of the release's URL.")
+@click.option("--offline", is_flag=True, help="Never touch the network (needs --sums PATH).")
+@handle_errors
+def lock(version: str, sums_source: str | None, offline: bool) -> None:
+    """Pin Ollama VERSION: record URLs and sha256 from the release's sha256sum.txt."""
+    from builder.errors import LockError
+    from builder.lock import LOCK_FILE, pin_release, release_sums_url
+
+    source = sums_source or release_sums_url(version.lstrip("v"))
+    if source.startswith(("http://", "https://")):
+        if offline:
+            raise LockError(f"--offline: cannot download {source}; pass --sums PATH")
+        import requests
+
+        try:
+            response = requests.get(source, timeout=(10, 30))
+        except requests.RequestException as exc:
+            raise LockError(f"{source}: {exc.__class__.__name__}") from None
+        if response.status_code != 200:
+            raise LockError(f"{source}: HTTP {response.status_code}")
+        text = response.text
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise LockError(f"--sums: {source}: {exc.strerror}") from None
+    files = pin_release(version.lstrip("v"), text)
+    for name, digest in files.items():
+        click.echo(f"{digest or 'not published':<64}  {name}")
+    click.echo(f"wrote {LOCK_FILE}")
+
+
+@cli.command()
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True)
+@click.option("--all", "everything", is_flag=True, help="Also remove downloaded artifacts and package caches.")
+@handle_errors
+def clean(cache_dir: Path, everything: bool) -> None:
+    """Remove build dirs (and with --all the whole cache)."""
+    from builder.livebuild import remove_build_dir
+
+    work = cache_dir / "work"
+    if work.is_dir():
+        for build_dir in work.iterdir():
+            remove_build_dir(build_dir)
+    if everything and cache_dir.is_dir():
+        shutil.rmtree(cache_dir)
+    click.echo(f"cleaned {cache_dir if everything else work}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

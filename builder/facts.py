@@ -1,0 +1,38 @@
+"""The appliance's fixed facts: one place for each path, UID and port that templates and tests read."""
+
+from __future__ import annotations
+
+from typing import Final
+
+OLLAMA_USER: Final = "neuraldrive-ollama"
+OLLAMA_UID: Final = 901
+GATEWAY_USER: Final = "neuraldrive-caddy"
+GATEWAY_UID: Final = 902
+# Members of this group may read the API key (the gateway and the admin).
+API_KEY_GROUP: Final = "neuraldrive-api"
+API_KEY_GID: Final = 903
+ADMIN_USER: Final = "neuraldrive-admin"
+ADMIN_UID: Final = 1000
+
+OLLAMA_BIN: Final = "/usr/local/bin/ollama"
+OLLAMA_LIB: Final = "/usr/local/lib/ollama"
+OLLAMA_PORT: Final = 11434
+
+ETC_DIR: Final = "/etc/neuraldrive"
+STATE_DIR: Final = "/var/lib/neuraldrive"
+MODELS_DIR: Final = "/var/lib/neuraldrive/models/"
+OVERRIDE_DIR: Final = "/var/lib/neuraldrive/config"
+SECRETS_DIR: Final = "/var/lib/neuraldrive/secrets"
+API_KEY_FILE: Final = "/var/lib/neuraldrive/secrets/api-key"
+TLS_DIR: Final = "/var/lib/neuraldrive/tls"
+SSH_HOST_KEY_DIR: Final = "/var/lib/neuraldrive/ssh"
+RUN_DIR: Final = "/run/neuraldrive"
+GPU_ENV: Final = "/run/neuraldrive/gpu.env"
+LOG_DIR: Final = "/var/log/neuraldrive"
+
+# live-build bind-mounts the config dir read-only at /live-build/config while chroot hooks run:
+# the verified archives are staged there and never become part of the image.
+STAGED_ARTIFACT_SUBDIR: Final = "neuraldrive-artifacts"
+STAGED_ARTIFACT_DIR: Final = "/live-build/config/neuraldrive-artifacts"
+
+OFFICIAL_OLLAMA_URL_PREFIX: Final = "https://github.com/ollama/ollama/releases/download/"

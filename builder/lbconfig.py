@@ -1,0 +1,75 @@
+"""The exact `lb config` arguments a profile asks for (trixie live-build, 1:20250505 or newer)."""
+
+from __future__ import annotations
+
+from .profile import Profile
+
+
+def boot_append(profile: Profile) -> str:
+    """Kernel command line of the default entry.
+
+    live-config runs only its hostname component: users, SSH host keys and the rest are the
+    appliance's own first-boot job (no default `user`/`live` password, ~30 s less boot under TCG).
+    """
+    return " ".join(
+        [
+            "boot=live",
+            "components",
+            "live-config.components=hostname",
+            f"live-config.hostname={profile.image.hostname}",
+            "persistence",
+            "console=ttyS0,115200",
+            "console=tty0",
+        ]
+    )
+
+
+def lb_config_args(profile: Profile) -> list[str]:
+    m = profile.debian.mirrors
+    return [
+        "--mode", "debian",
+        "--distribution", profile.debian.suite,
+        "--architecture", "amd64",
+        "--binary-image", "iso-hybrid",
+        "--bootloaders", "grub-efi grub-pc",
+        "--archive-areas", " ".join(profile.debian.areas),
+        "--parent-archive-areas", " ".join(profile.debian.areas),
+        "--mirror-bootstrap", m.bootstrap,
+        "--mirror-chroot", m.chroot,
+        "--mirror-binary", m.binary,
+        "--mirror-chroot-security", m.security,
+        "--mirror-binary-security", m.security,
+        "--parent-mirror-bootstrap", m.bootstrap,
+        "--parent-mirror-chroot", m.chroot,
+        "--parent-mirror-binary", m.binary,
+        "--parent-mirror-chroot-security", m.security,
+        "--parent-mirror-binary-security", m.security,
+        "--security", "true",
+        "--updates", "true",
+        "--backports", "true" if profile.debian.backports else "false",
+        "--apt-recommends", "false",
+        "--apt-indices", "false",
+        "--apt-source-archives", "false",
+        "--debian-installer", "none",
+        "--firmware-binary", "false",
+        "--firmware-chroot", "false",
+        "--memtest", "none",
+        "--zsync", "false",
+        "--checksums", "sha256",
+        "--linux-flavours", "amd64",
+        "--initsystem", "systemd",
+        "--initramfs", "live-boot",
+        "--debootstrap-options", "--variant=minbase",
+        "--chroot-squashfs-compression-type", profile.image.compression,
+        "--iso-volume", profile.image.volume,
+        "--iso-application", f"NeuralDrive {profile.image.version}",
+        "--iso-publisher", "NeuralDrive",
+        "--hdd-label", profile.image.volume.upper().replace(" ", "_"),
+        "--bootappend-live", boot_append(profile),
+        "--bootappend-live-failsafe", "none",
+        "--cache", "true",
+        "--cache-packages", "true",
+        "--cache-indices", "false",
+        "--cache-stages", "bootstrap",
+        "--image-name", f"{profile.image.name}",
+    ]

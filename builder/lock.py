@@ -1,0 +1,167 @@
+"""The artifact lock: which engine archives a build uses, each pinned by URL and sha256.
+
+`resolve_artifacts` turns a profile (+ CLI overrides) into the list of archives to fetch;
+`pin_release` writes a new version into the lock from the release's own `sha256sum.txt`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LockError
+from .facts import OFFICIAL_OLLAMA_URL_PREFIX
+from .profile import Profile
+
+LOCK_FILE = Path(__file__).resolve().parent.parent / "config" / "artifacts.lock.yaml"
+BASE_ARCHIVE = "ollama-linux-amd64.tar.zst"
+ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tar.zst"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_OFFICIAL = re.compile(re.escape(OFFICIAL_OLLAMA_URL_PREFIX) + r"v[0-9][0-9A-Za-z.+-]*/ollama-linux-amd64[a-z-]*\.tar\.zst$")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file the build needs: where it comes from and what it must hash to."""
+
+    name: str  # file name as published, e.g. ollama-linux-amd64.tar.zst
+    version: str
+    url: str  # the pinned (canonical) URL
+    sha256: str
+    source: str  # where this build actually reads it from: the URL, a mirror URL or a local path
+
+    @property
+    def official(self) -> bool:
+        """True when the pin itself is an official Ollama release asset (mirrors may still serve it)."""
+        return bool(_OFFICIAL.match(self.url))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "official": self.official}
+
+
+def read_lock(path: Path = LOCK_FILE) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LockError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise LockError(f"{path}: not valid YAML ({exc})") from None
+    entry = data.get("ollama") if isinstance(data, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict):
+        raise LockError(f"{path}: ollama: must have version, base_url and files")
+    for key in ("version", "base_url"):
+        if not isinstance(entry.get(key), str):
+            raise LockError(f"{path}: ollama.{key}: missing or not a string")
+    for name, digest in entry["files"].items():
+        if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+            raise LockError(f"{path}: ollama.files.{name}: {digest!r} is not a sha256")
+    return data
+
+
+def resolve_artifacts(
+    profile: Profile,
+    *,
+    lock_path: Path = LOCK_FILE,
+    mirror: str | None = None,
+    archive_override: str | None = None,
+    override_sha256: str | None = None,
+) -> list[Artifact]:
+    """The archives a profile needs, in install order (base first, then ROCm for AMD).
+
+    `mirror` replaces everything before the file name (a local or air-gapped mirror of the
+    release assets); `archive_override` is a path or URL for the base archive, verified against
+    `override_sha256` when given (which makes the artifact unofficial unless it equals the pin).
+    """
+    wanted = [BASE_ARCHIVE] + ([ROCM_ARCHIVE] if "amd" in profile.gpu.vendors else [])
+    pins: dict[str, tuple[str, str, str | None]] = {}
+    if profile.ollama.archive is not None:
+        pin = profile.ollama.archive
+        pins[BASE_ARCHIVE] = (pin.version, pin.url, pin.sha256)
+    else:
+        entry = read_lock(lock_path)["ollama"]
+        base_url = entry["base_url"].rstrip("/") + "/"
+        for name in wanted:
+            if name not in entry["files"]:
+                raise LockError(f"{lock_path}: ollama.files: has no entry for {name}")
+            pins[name] = (entry["version"], base_url + name, entry["files"][name])
+
+    artifacts = []
+    for name in wanted:
+        if name not in pins:
+            raise LockError(f"{profile.source}: ollama.archive: pins only {BASE_ARCHIVE}; AMD needs the lock file")
+        version, url, digest = pins[name]
+        source = url if mirror is None else mirror.rstrip("/") + "/" + name
+        if name == BASE_ARCHIVE and archive_override is not None:
+            source = archive_override
+            if override_sha256 is not None:
+                if not _SHA256.match(override_sha256):
+                    raise LockError(f"--ollama-sha256: {override_sha256!r} is not a sha256")
+                if override_sha256 != digest:
+                    url, version, digest = f"file://{archive_override}", "unpinned", override_sha256
+        if digest is None:
+            raise LockError(
+                f"{lock_path}: ollama.files.{name}: not pinned yet; run `python build.py lock {version}`"
+            )
+        artifacts.append(Artifact(name=name, version=version, url=url, sha256=digest, source=source))
+    return artifacts
+
+
+def parse_sha256sum(text: str) -> dict[str, str]:
+    """Parse `sha256sum` output as Ollama publishes it (`<hex>  ./name`, maybe `*name`)."""
+    sums: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not _SHA256.match(parts[0].lower()):
+            raise LockError(f"sha256sum.txt: line {number}: not '<sha256>  <file>': {line[:80]!r}")
+        name = parts[1].lstrip("*")
+        name = name[2:] if name.startswith("./") else name
+        sums[name] = parts[0].lower()
+    return sums
+
+
+def pin_release(version: str, sums_text: str, lock_path: Path = LOCK_FILE) -> dict[str, str | None]:
+    """Record `version` and the archives' sha256 from its sha256sum.txt; written atomically."""
+    if not re.match(r"^[0-9][0-9A-Za-z.+-]*$", version):
+        raise LockError(f"version: {version!r} is not a release version (e.g. 0.32.7)")
+    sums = parse_sha256sum(sums_text)
+    if BASE_ARCHIVE not in sums:
+        raise LockError(f"sha256sum.txt of v{version}: lists no {BASE_ARCHIVE} (releases before 0.14 ship .tgz)")
+    files = {name: sums.get(name) for name in (BASE_ARCHIVE, ROCM_ARCHIVE)}
+    data = {
+        "ollama": {
+            "version": version,
+            "base_url": f"{OFFICIAL_OLLAMA_URL_PREFIX}v{version}/",
+            "files": files,
+        }
+    }
+    header = (
+        "# Pinned engine archives, as Ollama publishes them on its GitHub releases.\n"
+        "# Written by: python build.py lock VERSION   (from the release's sha256sum.txt)\n"
+    )
+    atomic_write_text(lock_path, header + yaml.safe_dump(data, sort_keys=False))
+    return files
+
+
+def release_sums_url(version: str) -> str:
+    return f"{OFFICIAL_OLLAMA_URL_PREFIX}v{version}/sha256sum.txt"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,81 @@
+"""The build flow, one stage after another: profile → artifacts → tree → live-build → outputs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifacts import FetchPolicy, fetch_artifact
+from .errors import ArtifactError
+from .livebuild import cache_key, check_host, find_iso, prepare_build_dir, run_live_build
+from .lock import Artifact, resolve_artifacts
+from .profile import Profile
+from .render import StagedArtifact, render_tree
+from .report import Outputs, build_info, default_source_date_epoch, publish
+from .steps import complete_step, info
+
+
+@dataclass(frozen=True)
+class ArtifactOptions:
+    mirror: str | None = None
+    archive: str | None = None  # path or URL of the base engine archive
+    archive_sha256: str | None = None
+    allow_unofficial: bool = False
+    offline: bool = False
+
+
+def artifacts_for(profile: Profile, options: ArtifactOptions) -> list[Artifact]:
+    artifacts = resolve_artifacts(
+        profile, mirror=options.mirror, archive_override=options.archive, override_sha256=options.archive_sha256
+    )
+    unofficial = [a for a in artifacts if not a.official]
+    if profile.release and unofficial and not options.allow_unofficial:
+        a = unofficial[0]
+        raise ArtifactError(
+            f"{profile.source}: release profile refuses {a.name} pinned to {a.url} (not an official Ollama "
+            "release asset); pass --allow-unofficial-artifacts to build anyway"
+        )
+    return artifacts
+
+
+def fetch_all(artifacts: list[Artifact], cache_dir: Path, offline: bool) -> list[StagedArtifact]:
+    staged = []
+    for artifact in artifacts:
+        with complete_step(f"Fetching {artifact.name} {artifact.version} ({artifact.sha256[:12]}…)"):
+            path = fetch_artifact(artifact, cache_dir, FetchPolicy(offline=offline))
+        staged.append(StagedArtifact(artifact=artifact, path=path))
+    return staged
+
+
+def build_iso(
+    profile: Profile,
+    out_dir: Path,
+    cache_dir: Path,
+    options: ArtifactOptions,
+) -> Outputs:
+    lb_version = check_host(require_root=True)
+    artifacts = artifacts_for(profile, options)
+    staged = fetch_all(artifacts, cache_dir, options.offline)
+    epoch = default_source_date_epoch()
+    build_dir = cache_dir / "work" / profile.name
+    with complete_step(f"Rendering the live-build tree for profile {profile.name}"):
+        prepare_build_dir(build_dir, cache_dir / "live-build" / cache_key(profile))
+        render_tree(profile, build_dir, staged)
+    env = {"SOURCE_DATE_EPOCH": str(epoch)}
+    if options.offline:
+        # live-build cannot run without its mirror; an offline build needs a local/snapshot mirror.
+        info("  --offline: apt still reads the profile's mirrors (use a local mirror for air-gapped builds)")
+    with complete_step(f"Running live-build (log: {build_dir / 'build.log'})") as timing:
+        run = run_live_build(build_dir, env)
+    iso = find_iso(build_dir)
+    manifest = iso.with_suffix("").with_suffix(".packages") if iso.name.endswith(".hybrid.iso") else iso.with_suffix(".packages")
+    if not manifest.is_file():
+        candidates = sorted(build_dir.glob("*.packages"))
+        manifest = candidates[0] if candidates else manifest
+    stages = {**run.stage_seconds, "total": timing.get("seconds", 0.0)}
+    details = build_info(profile, artifacts, lb_version, epoch, stages)
+    with complete_step("Publishing outputs"):
+        outputs = publish(profile, out_dir, iso, manifest, details)
+    info(f"ISO: {outputs.iso} ({os.path.getsize(outputs.iso) / 2**20:.0f} MiB)")
+    return outputs

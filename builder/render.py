@@ -1,0 +1,154 @@
+"""Render the live-build config tree from the project's top-level template dirs.
+
+Top-level dir           lands in (inside the build dir)
+hooks/                  config/hooks/live/
+includes.chroot/        config/includes.chroot_after_packages/
+packages.lists/         config/package-lists/       (gpu-<vendor>.* only for the profile's vendors)
+bootloaders/            config/bootloaders/
+`*.j2` files are rendered with jinja2 (StrictUndefined) and lose the suffix; everything else is
+copied with its mode; symlinks stay symlinks. The verified engine archives are staged where hook
+03-install-extras finds them, and `auto/config` records the exact `lb config` call.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from . import facts as facts_module
+from .errors import TreeError
+from .lbconfig import lb_config_args
+from .lock import Artifact
+from .profile import Profile, authorized_keys_path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = {
+    "hooks": "config/hooks/live",
+    "includes.chroot": "config/includes.chroot_after_packages",
+    "packages.lists": "config/package-lists",
+    "bootloaders": "config/bootloaders",
+}
+GPU_LIST_PREFIX = "gpu-"
+
+
+@dataclass(frozen=True)
+class StagedArtifact:
+    artifact: Artifact
+    path: Path  # the verified file in the cache
+
+
+def facts() -> dict[str, Any]:
+    return {k: v for k, v in vars(facts_module).items() if k.isupper()}
+
+
+def template_context(profile: Profile, staged: list[Artifact]) -> dict[str, Any]:
+    return {"profile": profile, "facts": facts(), "artifacts": staged}
+
+
+def render_tree(
+    profile: Profile,
+    build_dir: Path,
+    staged: list[StagedArtifact],
+    source_root: Path = ROOT,
+) -> Path:
+    """Write a complete live-build config dir into `build_dir` (which must not hold a config yet)."""
+    if (build_dir / "config").exists():
+        raise TreeError(f"{build_dir}: already holds a live-build config; use an empty directory")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(source_root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    context = template_context(profile, [s.artifact for s in staged])
+    for source_name, target_name in SOURCES.items():
+        source_dir = source_root / source_name
+        if source_dir.is_dir():
+            _render_dir(env, source_root, source_dir, build_dir / target_name, context, profile)
+    _stage_artifacts(staged, build_dir)
+    _install_authorized_keys(profile, build_dir)
+    _write_auto_config(profile, build_dir)
+    return build_dir
+
+
+def _selected(relative: Path, profile: Profile) -> bool:
+    """Per-vendor package lists are data: gpu-<vendor>.list.chroot is used iff the vendor is."""
+    name = relative.name
+    if relative.parts[0] == "packages.lists" and name.startswith(GPU_LIST_PREFIX):
+        vendor = name[len(GPU_LIST_PREFIX):].split(".", 1)[0]
+        return vendor in profile.gpu.vendors
+    return True
+
+
+def _render_dir(
+    env: jinja2.Environment,
+    root: Path,
+    source_dir: Path,
+    target_dir: Path,
+    context: dict[str, Any],
+    profile: Profile,
+) -> None:
+    for source in sorted(source_dir.rglob("*")):
+        relative = source.relative_to(root)
+        if not _selected(relative, profile) or source.is_dir() and not source.is_symlink():
+            continue
+        target = target_dir / source.relative_to(source_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            os.symlink(os.readlink(source), target)
+        elif source.suffix == ".j2":
+            target = target.with_suffix("")
+            try:
+                text = env.get_template(relative.as_posix()).render(context)
+            except jinja2.TemplateError as exc:
+                raise TreeError(f"{relative}: {exc.__class__.__name__}: {exc}") from None
+            target.write_text(text, encoding="utf-8")
+            shutil.copymode(source, target)
+        else:
+            shutil.copy2(source, target)
+
+
+def _stage_artifacts(staged: list[StagedArtifact], build_dir: Path) -> None:
+    target_dir = build_dir / "config" / facts_module.STAGED_ARTIFACT_SUBDIR
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for item in staged:
+        target = target_dir / item.artifact.name
+        try:
+            os.link(item.path, target)  # the cache is read-only by convention: a hard link is enough
+        except OSError:
+            shutil.copyfile(item.path, target)
+
+
+def _install_authorized_keys(profile: Profile, build_dir: Path) -> None:
+    keys = authorized_keys_path(profile)
+    if keys is None:
+        return
+    target = build_dir / SOURCES["includes.chroot"] / "etc/ssh/authorized_keys" / facts_module.ADMIN_USER
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(keys, target)
+    target.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+def _write_auto_config(profile: Profile, build_dir: Path) -> None:
+    auto = build_dir / "auto"
+    auto.mkdir(exist_ok=True)
+    args = " \\\n    ".join(shlex.quote(a) for a in lb_config_args(profile))
+    script = (
+        "#!/bin/sh\n"
+        f"# Generated by NeuralDrive from profile {profile.name} ({profile.source}).\n"
+        "set -e\n"
+        f"lb config noauto \\\n    {args} \\\n    \"${{@}}\"\n"
+    )
+    path = auto / "config"
+    path.write_text(script, encoding="utf-8")
+    path.chmod(0o755)
