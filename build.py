@@ -173,7 +173,8 @@ def fetch(profile_name: str, out_dir: Path, cache_dir: Path, offline: bool, verb
 def lock(version: str, sums_source: str | None, offline: bool) -> None:
     """Pin Ollama VERSION: record URLs and sha256 from the release's sha256sum.txt."""
     from builder.errors import LockError
-    from builder.lock import LOCK_FILE, pin_release, release_sums_url
+    from builder import lock as lock_module
+    from builder.lock import pin_release, release_sums_url
 
     source = sums_source or release_sums_url(version.lstrip("v"))
     if source.startswith(("http://", "https://")):
@@ -196,7 +197,7 @@ def lock(version: str, sums_source: str | None, offline: bool) -> None:
     files = pin_release(version.lstrip("v"), text)
     for name, digest in files.items():
         click.echo(f"{digest or 'not published':<64}  {name}")
-    click.echo(f"wrote {LOCK_FILE}")
+    click.echo(f"wrote {lock_module.LOCK_FILE}")
 
 
 @cli.command()

@@ -22,6 +22,8 @@ from .lock import Artifact
 from .steps import ProgressLine, debug, download_status, format_bytes, info
 
 CHUNK = 1 << 20
+# Small network reads: whatever arrived before a connection drops is kept for the resume.
+NET_CHUNK = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -97,23 +99,23 @@ def _download(url: str, part: Path, policy: FetchPolicy) -> None:
         try:
             _download_once(url, part, policy)
             return
-        except _Permanent as exc:
+        except _PermanentError as exc:
             raise ArtifactError(str(exc)) from None
-        except (requests.RequestException, _Transient) as exc:
+        except (requests.RequestException, _TransientError) as exc:
             last_error = _describe(exc)
     raise ArtifactError(f"{url}: giving up after {policy.retries + 1} attempts: {last_error}")
 
 
-class _Transient(Exception):
+class _TransientError(Exception):
     pass
 
 
-class _Permanent(Exception):
+class _PermanentError(Exception):
     pass
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, requests.Timeout) or "timed out" in str(exc):
         return "server stalled (no data within the timeout)"
     if isinstance(exc, requests.ConnectionError):
         return f"connection failed: {exc.__class__.__name__}"
@@ -128,11 +130,11 @@ def _download_once(url: str, part: Path, policy: FetchPolicy) -> None:
         if response.status_code == 416 and have:
             # Our partial file is longer than the resource: start over.
             part.unlink()
-            raise _Transient("server refused our resume offset (416)")
+            raise _TransientError("server refused our resume offset (416)")
         if response.status_code in (404, 410, 401, 403):
-            raise _Permanent(f"{url}: HTTP {response.status_code} {response.reason}")
+            raise _PermanentError(f"{url}: HTTP {response.status_code} {response.reason}")
         if response.status_code >= 400:
-            raise _Transient(f"HTTP {response.status_code} {response.reason}")
+            raise _TransientError(f"HTTP {response.status_code} {response.reason}")
         resumed = response.status_code == 206
         if have and not resumed:
             debug("server ignored Range; downloading from the start")
@@ -144,11 +146,11 @@ def _download_once(url: str, part: Path, policy: FetchPolicy) -> None:
         started = time.monotonic()
         done = have
         with part.open(mode) as out:
-            for chunk in response.iter_content(CHUNK):
+            for chunk in response.iter_content(NET_CHUNK):
                 out.write(chunk)
                 done += len(chunk)
                 progress.update(download_status(done, total, started))
         progress.update(download_status(done, total, started), force=True)
         progress.close()
         if total is not None and done < total:
-            raise _Transient(f"connection closed after {done} of {total} bytes")
+            raise _TransientError(f"connection closed after {done} of {total} bytes")

@@ -37,3 +37,9 @@ class HostError(NeuralDriveError):
 
 class VMError(NeuralDriveError):
     exit_code = 1
+
+
+class UnofficialArtifactError(ArtifactError):
+    """A release profile was given an archive that is not an official release asset."""
+
+    exit_code = 2

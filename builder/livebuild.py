@@ -99,7 +99,9 @@ def run_live_build(build_dir: Path, env_extra: dict[str, str]) -> BuildRun:
     return run
 
 
-def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], handle: TextIO, run: BuildRun, fixed: str | None) -> None:
+def _run_logged(
+    cmd: list[str], cwd: Path, env: dict[str, str], handle: TextIO, run: BuildRun, fixed: str | None
+) -> None:
     tail: deque[str] = deque(maxlen=40)
     progress = ProgressLine(interval=30.0)
     stage = fixed or "bootstrap"
@@ -153,3 +155,11 @@ def find_iso(build_dir: Path) -> Path:
     if len(isos) != 1:
         raise LiveBuildError(f"{build_dir}: expected one ISO after lb build, found {len(isos)}")
     return isos[0]
+
+
+def find_manifest(build_dir: Path) -> Path:
+    """live-build's package manifest (`<image>.packages`: name and version per line)."""
+    manifests = sorted(build_dir.glob("*.packages"))
+    if len(manifests) != 1:
+        raise LiveBuildError(f"{build_dir}: expected one package manifest after lb build, found {len(manifests)}")
+    return manifests[0]

@@ -23,7 +23,9 @@ LOCK_FILE = Path(__file__).resolve().parent.parent / "config" / "artifacts.lock.
 BASE_ARCHIVE = "ollama-linux-amd64.tar.zst"
 ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tar.zst"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_OFFICIAL = re.compile(re.escape(OFFICIAL_OLLAMA_URL_PREFIX) + r"v[0-9][0-9A-Za-z.+-]*/ollama-linux-amd64[a-z-]*\.tar\.zst$")
+_OFFICIAL = re.compile(
+    re.escape(OFFICIAL_OLLAMA_URL_PREFIX) + r"v[0-9][0-9A-Za-z.+-]*/ollama-linux-amd64[a-z-]*\.tar\.zst$"
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class Artifact:
         return {**asdict(self), "official": self.official}
 
 
-def read_lock(path: Path = LOCK_FILE) -> dict[str, Any]:
+def read_lock(path: Path | None = None) -> dict[str, Any]:
+    path = path or LOCK_FILE
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -67,7 +70,7 @@ def read_lock(path: Path = LOCK_FILE) -> dict[str, Any]:
 def resolve_artifacts(
     profile: Profile,
     *,
-    lock_path: Path = LOCK_FILE,
+    lock_path: Path | None = None,
     mirror: str | None = None,
     archive_override: str | None = None,
     override_sha256: str | None = None,
@@ -84,6 +87,7 @@ def resolve_artifacts(
         pin = profile.ollama.archive
         pins[BASE_ARCHIVE] = (pin.version, pin.url, pin.sha256)
     else:
+        lock_path = lock_path or LOCK_FILE
         entry = read_lock(lock_path)["ollama"]
         base_url = entry["base_url"].rstrip("/") + "/"
         for name in wanted:
@@ -115,8 +119,8 @@ def resolve_artifacts(
 def parse_sha256sum(text: str) -> dict[str, str]:
     """Parse `sha256sum` output as Ollama publishes it (`<hex>  ./name`, maybe `*name`)."""
     sums: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split(maxsplit=1)
@@ -128,7 +132,7 @@ def parse_sha256sum(text: str) -> dict[str, str]:
     return sums
 
 
-def pin_release(version: str, sums_text: str, lock_path: Path = LOCK_FILE) -> dict[str, str | None]:
+def pin_release(version: str, sums_text: str, lock_path: Path | None = None) -> dict[str, str | None]:
     """Record `version` and the archives' sha256 from its sha256sum.txt; written atomically."""
     if not re.match(r"^[0-9][0-9A-Za-z.+-]*$", version):
         raise LockError(f"version: {version!r} is not a release version (e.g. 0.32.7)")
@@ -147,7 +151,7 @@ def pin_release(version: str, sums_text: str, lock_path: Path = LOCK_FILE) -> di
         "# Pinned engine archives, as Ollama publishes them on its GitHub releases.\n"
         "# Written by: python build.py lock VERSION   (from the release's sha256sum.txt)\n"
     )
-    atomic_write_text(lock_path, header + yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(lock_path or LOCK_FILE, header + yaml.safe_dump(data, sort_keys=False))
     return files
 
 

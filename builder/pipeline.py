@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import FetchPolicy, fetch_artifact
-from .errors import ArtifactError
-from .livebuild import cache_key, check_host, find_iso, prepare_build_dir, run_live_build
+from .errors import UnofficialArtifactError
+from .livebuild import cache_key, check_host, find_iso, find_manifest, prepare_build_dir, run_live_build
 from .lock import Artifact, resolve_artifacts
 from .profile import Profile
 from .render import StagedArtifact, render_tree
@@ -32,7 +32,7 @@ def artifacts_for(profile: Profile, options: ArtifactOptions) -> list[Artifact]:
     unofficial = [a for a in artifacts if not a.official]
     if profile.release and unofficial and not options.allow_unofficial:
         a = unofficial[0]
-        raise ArtifactError(
+        raise UnofficialArtifactError(
             f"{profile.source}: release profile refuses {a.name} pinned to {a.url} (not an official Ollama "
             "release asset); pass --allow-unofficial-artifacts to build anyway"
         )
@@ -69,10 +69,7 @@ def build_iso(
     with complete_step(f"Running live-build (log: {build_dir / 'build.log'})") as timing:
         run = run_live_build(build_dir, env)
     iso = find_iso(build_dir)
-    manifest = iso.with_suffix("").with_suffix(".packages") if iso.name.endswith(".hybrid.iso") else iso.with_suffix(".packages")
-    if not manifest.is_file():
-        candidates = sorted(build_dir.glob("*.packages"))
-        manifest = candidates[0] if candidates else manifest
+    manifest = find_manifest(build_dir)
     stages = {**run.stage_seconds, "total": timing.get("seconds", 0.0)}
     details = build_info(profile, artifacts, lb_version, epoch, stages)
     with complete_step("Publishing outputs"):

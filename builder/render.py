@@ -100,7 +100,7 @@ def _render_dir(
 ) -> None:
     for source in sorted(source_dir.rglob("*")):
         relative = source.relative_to(root)
-        if not _selected(relative, profile) or source.is_dir() and not source.is_symlink():
+        if not _selected(relative, profile) or (source.is_dir() and not source.is_symlink()):
             continue
         target = target_dir / source.relative_to(source_dir)
         target.parent.mkdir(parents=True, exist_ok=True)

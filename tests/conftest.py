@@ -54,7 +54,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> bool:
                 if resp.status == 200:
                     return True
         except OSError:
-            time.sleep(0.05)
+            pass  # not listening yet
+        time.sleep(0.05)
     proc.kill()
     pytest.fail(f"ollama test double not ready after {_START_TIMEOUT_S}s:\n{log.read_text()}")
 
