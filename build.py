@@ -217,6 +217,113 @@ def clean(cache_dir: Path, everything: bool) -> None:
     click.echo(f"cleaned {cache_dir if everything else work}")
 
 
+@cli.command("test")
+@click.option("--iso", "iso_path", type=click.Path(path_type=Path),
+              help="Test this ISO (built earlier by `build.py test`) instead of building one.")
+@click.option("--profile", "profile_name", default="test", show_default=True, help="Profile to build and test.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True)
+@click.option("--modes", default="bios-disk,uefi-cd", show_default=True,
+              help="Boot modes, comma-separated (bios|uefi)-(cd|disk): the first runs the full suite "
+                   "(and the reboot/persistence checks), the others a smoke boot.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+              help="auto uses KVM only if it really runs a guest.")
+@click.option("--offline", is_flag=True, help="Never download artifacts.")
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir: Path, modes: str, accel: str,
+             offline: bool, verbose: bool) -> None:
+    """Boot a test ISO in QEMU and check it with testinfra (tests/image).
+
+    Without --iso, builds the profile's ISO first (needs root) with a per-run SSH key and the
+    Ollama-API test double served from 127.0.0.1. With NEURALDRIVE_OLLAMA_ARCHIVE=/path/to/
+    ollama-linux-amd64.tar.zst the same suite runs against that (real) archive instead.
+    """
+    import tempfile
+
+    from builder.artifacts import sha256_file
+    from builder.errors import VMError
+    from builder.imagetest import key_for_iso, run_image_tests, serve_directory, test_double_archive
+    from builder.pipeline import ArtifactOptions, build_iso
+    from builder.vm import FIRMWARES, MEDIA
+
+    steps.set_verbose(verbose)
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    for mode in mode_list:
+        firmware, _, media = mode.partition("-")
+        if firmware not in FIRMWARES or media not in MEDIA:
+            raise ProfileError(f"--modes: {mode!r} is not (bios|uefi)-(cd|disk)")
+    profile = load_profile(profile_name)
+    with tempfile.TemporaryDirectory(prefix="neuraldrive-run-") as tmp:
+        real_archive = os.environ.get("NEURALDRIVE_OLLAMA_ARCHIVE")
+        archive = Path(real_archive) if real_archive else test_double_archive(Path(tmp) / "double")
+        if real_archive and not archive.is_file():
+            raise ProfileError(f"NEURALDRIVE_OLLAMA_ARCHIVE: {archive}: no such file")
+        if iso_path is None:
+            from builder.guest import generate_key
+
+            key = generate_key(Path(tmp))
+            profile = _profile(str(profile.source), Path(f"{key}.pub"))
+            with serve_directory(archive.parent) as url:
+                if real_archive:
+                    options = ArtifactOptions(archive=str(archive), archive_sha256=sha256_file(archive),
+                                              offline=offline)
+                else:
+                    options = ArtifactOptions(mirror=url, offline=offline)
+                outputs = build_iso(profile, out_dir, cache_dir, options)
+            iso = outputs.iso
+            shutil.copyfile(key, key_for_iso(iso))
+            key_for_iso(iso).chmod(0o600)
+        else:
+            iso = iso_path
+            if not key_for_iso(iso).is_file():
+                raise VMError(f"{iso}: no {key_for_iso(iso).name} beside it: test only ISOs built by `build.py test`")
+        summary = run_image_tests(profile, iso, key_for_iso(iso), archive, mode_list, out_dir, accel)
+    sys.exit(0 if summary.ok else 1)
+
+
+@cli.command()
+@click.option("--iso", "iso_path", type=click.Path(path_type=Path), required=True, help="The ISO to boot.")
+@click.option("--firmware", type=click.Choice(["bios", "uefi"]), default="bios", show_default=True)
+@click.option("--media", type=click.Choice(["cd", "disk"]), default="cd", show_default=True,
+              help="cd: an optical drive; disk: a virtio disk, as a USB stick would be.")
+@click.option("--persistence", type=click.Path(path_type=Path), help="Attach this qcow2 persistence disk "
+              "(created, ext4 labelled persistence, if it does not exist).")
+@click.option("--check", is_flag=True, help="Exit once the login prompt appears (boot test) instead of "
+              "running until Ctrl-C.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)
+@click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the login prompt.")
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def boot(iso_path: Path, firmware: str, media: str, persistence: Path | None, check: bool, accel: str,
+         timeout: int, verbose: bool) -> None:
+    """Boot an ISO in QEMU (TCG unless KVM works) with SSH and gateway forwarded to 127.0.0.1."""
+    import tempfile
+    import time
+
+    from builder.vm import VM, BootSpec, make_persistence_disk
+
+    steps.set_verbose(verbose)
+    with tempfile.TemporaryDirectory(prefix="neuraldrive-boot-") as tmp:
+        if persistence is not None and not persistence.exists():
+            make_persistence_disk(persistence)
+        vm = VM(BootSpec(iso=iso_path, firmware=firmware, media=media, persistence_disk=persistence, accel=accel),
+                Path(tmp))
+        try:
+            vm.start()
+            click.echo(f"QEMU ({vm.accel}) pid {vm.proc.pid if vm.proc else '?'}; serial log {vm.serial_log}; "
+                       f"ssh -p {vm.forwards.ssh} neuraldrive-admin@127.0.0.1; gateway https://127.0.0.1:"
+                       f"{vm.forwards.gateway}/", err=True)
+            seconds = vm.wait_for_serial("login:", timeout)
+            click.echo(f"login prompt after {seconds:.0f}s ({firmware}, {media}, {vm.accel})")
+            if not check:
+                click.echo("running; Ctrl-C stops the VM", err=True)
+                while vm.alive():
+                    time.sleep(1)
+        finally:
+            vm.stop()
+
+
 def main() -> None:
     cli()
 

@@ -1,0 +1,235 @@
+"""`build.py test`: build (or take) a test ISO, boot it in QEMU, run tests/image with testinfra.
+
+Run plan: the full suite on one boot with a persistence disk attached, a clean poweroff, a second
+boot on the same disk for the persistence checks, then a smoke boot (login prompt, SSH, no failed
+units) for each other boot mode. Figures (boot-to-SSH, boot-to-gateway-ready) are printed and
+written to test-summary.json; on failure the serial logs are kept under --out.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+from .errors import VMError
+from .guest import SshAccess, close_master, generate_key, ssh, ssh_answers, write_ssh_config
+from .profile import Profile
+from .steps import complete_step, info
+from .vm import VM, BootSpec, make_persistence_disk
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOT_TIMEOUT = 600.0
+
+
+@dataclass
+class BootFigures:
+    mode: str
+    accel: str = ""
+    login_prompt_s: float | None = None
+    ssh_s: float | None = None
+    system_running_s: float | None = None
+    gateway_ready_s: float | None = None
+    failed_units: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    iso: str
+    boots: list[BootFigures] = field(default_factory=list)
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.errors and self.passed > 0
+
+
+@contextmanager
+def serve_directory(directory: Path) -> Iterator[str]:
+    """Serve `directory` on 127.0.0.1 (a random port) for the build's artifact fetch."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined, method-assign]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_double_archive(directory: Path) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.ollama_double.package import build_archive
+
+    return build_archive(directory)
+
+
+def key_for_iso(iso: Path) -> Path:
+    return iso.with_name(iso.name + ".ssh-key")
+
+
+def gateway_ready(port: int, api_key: str) -> bool:
+    """An authenticated /api/version through the gateway answers 200 (the device's own cert)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the device CA is checked by the image tests themselves
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/api/version",
+                                     headers={"Authorization": f"Bearer {api_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def boot_and_wait(vm: VM, access: SshAccess, figures: BootFigures, want_gateway: bool) -> str:
+    """Wait for the login prompt, SSH, a settled system and (optionally) the gateway; returns the API key."""
+    figures.accel = vm.accel
+    figures.login_prompt_s = round(vm.wait_for_serial("login:", BOOT_TIMEOUT), 1)
+    figures.ssh_s = round(vm.wait_until("SSH", lambda: ssh_answers(access), BOOT_TIMEOUT), 1)
+    state = ssh(access, "systemctl is-system-running --wait", timeout=BOOT_TIMEOUT)
+    figures.system_running_s = round(vm.elapsed(), 1)
+    failed = ssh(access, "systemctl --failed --no-legend --plain | awk '{print $1}'")
+    figures.failed_units = failed.stdout.split()
+    if state.stdout.strip() != "running":
+        info(f"  system state: {state.stdout.strip()} (failed units: {' '.join(figures.failed_units) or 'none'})")
+    key = ssh(access, "sudo cat /var/lib/neuraldrive/secrets/api-key").stdout.strip()
+    if want_gateway:
+        if not key:
+            raise VMError("the guest has no API key (neuraldrive-firstboot failed?)")
+        figures.gateway_ready_s = round(
+            vm.wait_until("gateway", lambda: gateway_ready(vm.forwards.gateway, key), BOOT_TIMEOUT), 1)
+    return key
+
+
+def poweroff(vm: VM, access: SshAccess) -> None:
+    ssh(access, "sudo systemctl poweroff", timeout=30)
+    close_master(access)
+    vm.stop(graceful_timeout=120)
+
+
+def run_pytest(phase: str, access: SshAccess, vm: VM, env: dict[str, str], workdir: Path) -> tuple[int, int, int]:
+    junit = workdir / f"junit-{phase}.xml"
+    marker = "after_reboot" if phase == "after-reboot" else "not after_reboot"
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests/image"), "-p", "no:cacheprovider", "-q",
+           "-m", marker, f"--ssh-config={access.config}", f"--hosts=ssh://{access.target}",
+           f"--junitxml={junit}", "--rootdir", str(ROOT), "-o", "testpaths=tests/image"]
+    full_env = {**os.environ, **env, "NEURALDRIVE_GATEWAY_PORT": str(vm.forwards.gateway),
+                "NEURALDRIVE_ENGINE_FORWARD_PORT": str(vm.forwards.engine),
+                "NEURALDRIVE_SERIAL_LOG": str(vm.serial_log), "NEURALDRIVE_SSH_CONFIG": str(access.config)}
+    subprocess.run(cmd, env=full_env, check=False, cwd=ROOT)
+    if not junit.is_file():
+        return 0, 1, 0
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite[0]
+    tests, failures, errors, skipped = (int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped"))
+    return tests - failures - errors - skipped, failures + errors, skipped
+
+
+def run_image_tests(
+    profile: Profile,
+    iso: Path,
+    key: Path,
+    archive: Path,
+    modes: list[str],
+    out_dir: Path,
+    accel: str,
+) -> Summary:
+    summary = Summary(iso=str(iso))
+    workdir = Path(tempfile.mkdtemp(prefix="neuraldrive-test-"))
+    ok = False
+    try:
+        persistence = make_persistence_disk(workdir / "persistence.qcow2")
+        state_file = workdir / "state.json"
+        env = {"NEURALDRIVE_ISO": str(iso), "NEURALDRIVE_TEST_ARCHIVE": str(archive),
+               "NEURALDRIVE_PROFILE": profile.name, "NEURALDRIVE_STATE": str(state_file),
+               "NEURALDRIVE_SSH_KEY": str(key)}
+        firmware, media = modes[0].split("-")
+        spec = BootSpec(iso=iso, firmware=firmware, media=media, persistence_disk=persistence,
+                        gateway_guest_port=profile.gateway.port, accel=accel)
+        for phase in ("main", "after-reboot"):
+            figures = BootFigures(mode=f"{modes[0]} ({phase})")
+            summary.boots.append(figures)
+            vm = VM(spec, workdir)
+            access = write_ssh_config(workdir, key, vm.forwards.ssh)
+            try:
+                with complete_step(f"Booting {iso.name} ({modes[0]}, {phase})"):
+                    vm.start()
+                    boot_and_wait(vm, access, figures, want_gateway=True)
+                info(f"  login prompt {figures.login_prompt_s}s, SSH {figures.ssh_s}s, "
+                     f"gateway ready {figures.gateway_ready_s}s after QEMU start ({vm.accel})")
+                with complete_step(f"Running tests/image ({phase})"):
+                    passed, failed, skipped = run_pytest(phase, access, vm, env, workdir)
+                summary.passed += passed
+                summary.failed += failed
+                summary.skipped += skipped
+                poweroff(vm, access)
+            finally:
+                close_master(access)
+                vm.stop()
+        for mode in modes[1:]:
+            figures = BootFigures(mode=f"{mode} (smoke)")
+            summary.boots.append(figures)
+            firmware, media = mode.split("-")
+            vm = VM(BootSpec(iso=iso, firmware=firmware, media=media, gateway_guest_port=profile.gateway.port,
+                             accel=accel), workdir)
+            access = write_ssh_config(workdir, key, vm.forwards.ssh)
+            try:
+                with complete_step(f"Smoke boot {mode}"):
+                    vm.start()
+                    boot_and_wait(vm, access, figures, want_gateway=True)
+                if figures.failed_units:
+                    summary.errors.append(f"{mode}: failed units {figures.failed_units}")
+            finally:
+                close_master(access)
+                vm.stop()
+        ok = summary.ok
+    except VMError as exc:
+        summary.errors.append(str(exc))
+    finally:
+        print_summary(summary)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "test-summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        if not ok:
+            kept = out_dir / "test-artifacts"
+            shutil.rmtree(kept, ignore_errors=True)
+            kept.mkdir(parents=True)
+            for log in workdir.glob("*.log"):
+                shutil.copy2(log, kept / log.name)
+            for xml in workdir.glob("junit-*.xml"):
+                shutil.copy2(xml, kept / xml.name)
+            info(f"serial logs and test reports kept in {kept}")
+        shutil.rmtree(workdir, ignore_errors=True)
+    return summary
+
+
+def print_summary(summary: Summary) -> None:
+    info("")
+    info(f"{'boot':<28}{'accel':<6}{'login':>8}{'SSH':>8}{'running':>9}{'gateway':>9}  failed units")
+    for b in summary.boots:
+        cells = [b.login_prompt_s, b.ssh_s, b.system_running_s, b.gateway_ready_s]
+        shown = "".join(f"{(f'{c:.0f}s' if c is not None else '-'):>{w}}" for c, w in zip(cells, (8, 8, 9, 9), strict=True))
+        info(f"{b.mode:<28}{b.accel:<6}{shown}  {' '.join(b.failed_units) or 'none'}")
+    for error in summary.errors:
+        info(f"error: {error.splitlines()[0]}")
+    info(f"{summary.passed} passed, {summary.failed} failed, {summary.skipped} skipped")
+

@@ -1,0 +1,242 @@
+"""Boot a built ISO in QEMU: BIOS or UEFI, as CD or virtio disk, with SSH and gateway forwards.
+
+KVM is used only when it demonstrably runs a guest (on these build hosts /dev/kvm exists but
+fails in the kernel decompressor); otherwise TCG with QEMU's default CPU model, which is faster
+under TCG than `-cpu max`. Host forwards are bound to 127.0.0.1 only. QEMU is always killed by
+its own PID, on success, failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import VMError
+from .steps import debug
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+FIRMWARES = ("bios", "uefi")
+MEDIA = ("cd", "disk")
+GUEST_SSH = 22
+GUEST_ENGINE = 11434
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    iso: Path
+    firmware: str = "bios"
+    media: str = "cd"
+    memory_mib: int = 3072
+    cpus: int = 2
+    persistence_disk: Path | None = None
+    gateway_guest_port: int = 8443
+    accel: str = "auto"  # auto | kvm | tcg
+
+
+@dataclass
+class Forwards:
+    ssh: int = field(default_factory=free_port)
+    gateway: int = field(default_factory=free_port)
+    engine: int = field(default_factory=free_port)
+
+
+_KVM_VERDICT: dict[str, bool] = {}
+
+
+def kvm_works(kernel: Path) -> bool:
+    """Boot `kernel` under KVM without a root fs: a kernel panic means the CPU ran it fine."""
+    if "verdict" in _KVM_VERDICT:
+        return _KVM_VERDICT["verdict"]
+    verdict = False
+    if os.access("/dev/kvm", os.R_OK | os.W_OK):
+        cmd = ["qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-nographic", "-no-reboot", "-kernel",
+               str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False,
+                                 stdin=subprocess.DEVNULL)
+            verdict = "Kernel panic" in out.stdout or "VFS: Unable to mount root" in out.stdout
+        except subprocess.TimeoutExpired:
+            verdict = False
+    _KVM_VERDICT["verdict"] = verdict
+    debug(f"KVM {'works' if verdict else 'does not run guests here: using TCG'}")
+    return verdict
+
+
+def extract_from_iso(iso: Path, member: str, dest: Path) -> Path:
+    """Copy one file out of the ISO with xorriso (no loop mount, no root needed)."""
+    result = subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", member, str(dest)],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0 or not dest.is_file():
+        raise VMError(f"{iso}: cannot extract {member}: {result.stderr.strip().splitlines()[-1:]}")
+    return dest
+
+
+def make_persistence_disk(path: Path, size: str = "2G", conf: str = "/var/lib/neuraldrive bind\n") -> Path:
+    """An ext4 disk labelled `persistence` holding persistence.conf, built without mounting."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "persistence.conf").write_text(conf)
+        raw = path.with_suffix(".raw")
+        subprocess.run(["truncate", "-s", size, str(raw)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "persistence", "-d", tmp, str(raw)], check=True)
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(path)], check=True)
+    raw.unlink()
+    return path
+
+
+class VM:
+    """One QEMU guest. Use as a context manager so it is always killed."""
+
+    def __init__(self, spec: BootSpec, workdir: Path) -> None:
+        if spec.firmware not in FIRMWARES or spec.media not in MEDIA:
+            raise VMError(f"boot mode {spec.firmware}-{spec.media}: use bios|uefi and cd|disk")
+        if not spec.iso.is_file():
+            raise VMError(f"{spec.iso}: no such ISO")
+        for tool in ("qemu-system-x86_64", "qemu-img"):
+            if shutil.which(tool) is None:
+                raise VMError(f"{tool} not found: run `sudo scripts/setup-host`")
+        if spec.firmware == "uefi" and not OVMF_CODE.is_file():
+            raise VMError(f"{OVMF_CODE} not found: install ovmf (scripts/setup-host)")
+        self.spec = spec
+        self.workdir = workdir
+        self.forwards = Forwards()
+        self.serial_log = workdir / f"serial-{spec.firmware}-{spec.media}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.accel = "tcg"
+
+    def command(self) -> list[str]:
+        s, f = self.spec, self.forwards
+        netdev = (
+            f"user,id=n0,hostfwd=tcp:127.0.0.1:{f.ssh}-:{GUEST_SSH},"
+            f"hostfwd=tcp:127.0.0.1:{f.gateway}-:{s.gateway_guest_port},"
+            f"hostfwd=tcp:127.0.0.1:{f.engine}-:{GUEST_ENGINE}"
+        )
+        cmd = [
+            "qemu-system-x86_64", "-accel", self.accel, "-machine", "q35", "-smp", str(s.cpus),
+            "-m", str(s.memory_mib), "-display", "none", "-monitor", "none", "-no-reboot",
+            "-serial", f"file:{self.serial_log}",
+            "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
+            "-device", "virtio-rng-pci",
+        ]
+        if s.firmware == "uefi":
+            vars_copy = self.workdir / "OVMF_VARS.fd"
+            shutil.copyfile(OVMF_VARS, vars_copy)
+            cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                    "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        if s.media == "cd":
+            cmd += ["-drive", f"file={s.iso},media=cdrom,readonly=on,if=none,id=cd0",
+                    "-device", "ide-cd,drive=cd0,bootindex=0"]
+        else:
+            # A qcow2 overlay: the guest may write to "its USB stick" without touching the ISO.
+            overlay = self.workdir / "boot-disk.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(s.iso.resolve()),
+                            str(overlay)], check=True)
+            cmd += ["-drive", f"file={overlay},format=qcow2,if=virtio,bootindex=0"]
+        if s.persistence_disk is not None:
+            cmd += ["-drive", f"file={s.persistence_disk},format=qcow2,if=virtio"]
+        return cmd
+
+    def start(self) -> None:
+        if self.spec.accel == "kvm" or (self.spec.accel == "auto" and self._kvm_probe()):
+            self.accel = "kvm"
+        self.serial_log.write_bytes(b"")
+        cmd = self.command()
+        debug(" ".join(cmd))
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=(self.workdir / "qemu.stderr").open("wb"), start_new_session=True)
+
+    def _kvm_probe(self) -> bool:
+        if "verdict" in _KVM_VERDICT:
+            return _KVM_VERDICT["verdict"]
+        if not os.path.exists("/dev/kvm"):
+            return False
+        kernel = extract_from_iso(self.spec.iso, "/live/vmlinuz", self.workdir / "vmlinuz")
+        return kvm_works(kernel)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def serial_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.serial_log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_for_serial(self, marker: str, timeout: float) -> float:
+        """Seconds from QEMU start until `marker` appears on the serial console."""
+        deadline = self.started + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise VMError(f"QEMU exited early ({self._stderr()}); serial tail:\n{self.serial_tail()}")
+            if marker in self.serial_log.read_text(errors="replace"):
+                return self.elapsed()
+            time.sleep(1)
+        raise VMError(f"no {marker!r} on the serial console within {timeout:.0f}s; tail:\n{self.serial_tail()}")
+
+    def wait_until(self, probe_name: str, probe: Callable[[], bool], timeout: float, interval: float = 2.0) -> float:
+        """Poll `probe` until true; seconds since QEMU start. Fails loudly with the serial tail."""
+        deadline = self.started + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise VMError(f"QEMU exited early ({self._stderr()}); serial tail:\n{self.serial_tail()}")
+            if probe():
+                return self.elapsed()
+            time.sleep(interval)
+        raise VMError(f"{probe_name} not ready within {timeout:.0f}s of boot; serial tail:\n{self.serial_tail()}")
+
+    def _stderr(self) -> str:
+        try:
+            return (self.workdir / "qemu.stderr").read_text(errors="replace").strip()[-300:] or "no stderr"
+        except OSError:
+            return "no stderr"
+
+    def stop(self, graceful_timeout: float = 0.0) -> None:
+        """Kill QEMU by its own PID (and its process group); wait for a clean exit first if asked."""
+        if self.proc is None:
+            return
+        if graceful_timeout and self.alive():
+            try:
+                self.proc.wait(graceful_timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.proc = None
+
+
+
+@contextmanager
+def running(spec: BootSpec, workdir: Path) -> Iterator[VM]:
+    vm = VM(spec, workdir)
+    try:
+        vm.start()
+        yield vm
+    finally:
+        vm.stop()

@@ -1,0 +1,62 @@
+"""What the image tests share: an HTTPS client for the gateway, run state, pushing models."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Gateway:
+    """HTTPS client for the forwarded gateway port, trusting only the device's own CA."""
+
+    def __init__(self, port: int, ca_pem: str) -> None:
+        self.base = f"https://127.0.0.1:{port}"
+        self.context = ssl.create_default_context(cadata=ca_pem)
+        self.context.check_hostname = False  # reached via 127.0.0.1 forward; SANs are checked separately
+
+    def request(self, method: str, path: str, key: str | None = None, body: Any = None) -> Response:
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30, context=self.context) as resp:
+                return Response(resp.status, resp.read(), dict(resp.headers))
+        except urllib.error.HTTPError as err:
+            return Response(err.code, err.read(), dict(err.headers))
+
+
+def save_state(values: dict[str, Any]) -> None:
+    path = Path(os.environ["NEURALDRIVE_STATE"])
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(values)
+    path.write_text(json.dumps(current, indent=2))
+
+
+def push_models(models_dir: Path) -> None:
+    """Copy an Ollama models dir (manifests/ + blobs/) into the guest's model store over SSH."""
+    tar = subprocess.run(["tar", "-C", str(models_dir), "-cf", "-", "manifests", "blobs"],
+                         capture_output=True, check=True).stdout
+    subprocess.run(["ssh", "-F", os.environ["NEURALDRIVE_SSH_CONFIG"], "neuraldrive-vm",
+                    "sudo tar -xf - -C /var/lib/neuraldrive/models --no-same-owner && "
+                    "sudo chown -R neuraldrive-ollama:neuraldrive-ollama /var/lib/neuraldrive/models"],
+                   input=tar, check=True, timeout=120)

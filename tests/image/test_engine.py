@@ -1,0 +1,121 @@
+"""The engine: the pinned binary, run as the seed's hardened service, loopback only, self-healing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import time
+from typing import Any
+
+import pytest
+
+from tests.image.helpers import save_state
+
+UNIT = "neuraldrive-ollama.service"
+
+
+def pinned_binary_sha256() -> str:
+    import subprocess
+
+    archive = os.environ["NEURALDRIVE_TEST_ARCHIVE"]
+    data = subprocess.run(["zstd", "-dc", archive], capture_output=True, check=True).stdout
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = next(m for m in tar.getmembers() if m.name.lstrip("./") == "bin/ollama")
+        handle = tar.extractfile(member)
+        assert handle is not None
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def main_pid(host: Any) -> int:
+    return int(host.check_output(f"systemctl show -p MainPID --value {UNIT}"))
+
+
+def test_binary_is_the_pinned_archive_content(host: Any) -> None:
+    with host.sudo():
+        guest = host.check_output("sha256sum /usr/local/bin/ollama").split()[0]
+    assert guest == pinned_binary_sha256()
+    assert host.file("/usr/local/lib/ollama").is_directory
+
+
+def test_engine_runs_as_its_own_user(host: Any) -> None:
+    assert host.service(UNIT).is_running
+    assert host.service(UNIT).is_enabled
+    uid = host.check_output(f"ps -o uid= -p {main_pid(host)}").strip()
+    assert uid == "901"
+    assert host.user("neuraldrive-ollama").uid == 901
+
+
+def test_engine_listens_on_loopback_only(host: Any) -> None:
+    listeners = host.check_output("ss -H -ltn").splitlines()
+    on_port = [line.split()[3] for line in listeners if line.split()[3].endswith(":11434")]
+    assert on_port == ["127.0.0.1:11434"], listeners
+
+
+def test_unit_properties_as_the_seed_says(host: Any) -> None:
+    props = dict(line.split("=", 1) for line in host.check_output(
+        f"systemctl show {UNIT} -p PrivateDevices -p MemoryHigh -p MemoryMax -p EnvironmentFiles "
+        "-p Requires -p After -p User -p KillMode -p LimitMEMLOCK -p DeviceAllow -p DevicePolicy").splitlines())
+    assert props["PrivateDevices"] == "no"
+    assert props["DeviceAllow"] == "" and props["DevicePolicy"] == "auto"
+    assert "neuraldrive-gpu-detect.service" in props["Requires"].split()
+    assert "neuraldrive-gpu-detect.service" in props["After"].split()
+    assert props["User"] == "neuraldrive-ollama"
+    assert props["KillMode"] == "mixed"
+    assert props["LimitMEMLOCK"] == "infinity"
+    env_files = props["EnvironmentFiles"]
+    assert "/etc/neuraldrive/ollama.conf (ignore_errors=no)" in env_files
+    assert "/var/lib/neuraldrive/config/ollama.conf (ignore_errors=yes)" in env_files
+    assert env_files.index("/etc/neuraldrive/ollama.conf") < env_files.index("/var/lib/neuraldrive/config/ollama.conf")
+    total = int(host.check_output("awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo"))
+    assert abs(int(props["MemoryHigh"]) - 0.90 * total) < 0.01 * total
+    assert abs(int(props["MemoryMax"]) - 0.95 * total) < 0.01 * total
+
+
+def test_engine_defaults_reach_the_process(host: Any) -> None:
+    with host.sudo():
+        env = host.check_output(f"tr '\\0' '\\n' < /proc/{main_pid(host)}/environ")
+    for line in ("OLLAMA_HOST=127.0.0.1:11434", "OLLAMA_MODELS=/var/lib/neuraldrive/models/",
+                 "OLLAMA_MAX_LOADED_MODELS=0", "OLLAMA_NUM_PARALLEL=1"):
+        assert line in env.splitlines()
+
+
+@pytest.mark.parametrize("unit", ["neuraldrive-ollama.service", "neuraldrive-caddy.service",
+                                  "neuraldrive-firstboot.service", "neuraldrive-gpu-detect.service",
+                                  "neuraldrive-gpu-idle.service", "neuraldrive-issue.service"])
+def test_exposure_on_the_guest(host: Any, unit: str) -> None:
+    with host.sudo():
+        out = host.run(f"systemd-analyze security --no-pager {unit}").stdout
+    score = float(out.rsplit("Overall exposure level for", 1)[1].split(":", 1)[1].split()[0])
+    assert score <= (2.0 if unit.startswith("neuraldrive-ollama") else 1.5), out[-2000:]
+
+
+def test_killed_engine_comes_back_within_15s(host: Any) -> None:
+    before = main_pid(host)
+    with host.sudo():
+        host.check_output(f"kill -9 {before}")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        pid = main_pid(host)
+        if pid not in (0, before) and host.service(UNIT).is_running:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("engine not active again 15 s after kill -9")
+    # and it answers again
+    deadline = time.monotonic() + 30
+    while host.run("curl -sf http://127.0.0.1:11434/api/version").rc != 0:
+        assert time.monotonic() < deadline, "engine restarted but does not answer"
+        time.sleep(1)
+
+
+def test_persistent_override_changes_a_setting(host: Any) -> None:
+    override = "/var/lib/neuraldrive/config/ollama.conf"
+    with host.sudo():
+        host.check_output(f"printf 'OLLAMA_KEEP_ALIVE=7m\\n' > {override}")
+        host.check_output(f"systemctl restart {UNIT}")
+        env = host.check_output(f"tr '\\0' '\\n' < /proc/{main_pid(host)}/environ")
+    assert "OLLAMA_KEEP_ALIVE=7m" in env.splitlines()
+    save_state({"override": "OLLAMA_KEEP_ALIVE=7m"})

@@ -1,0 +1,38 @@
+"""GPU detection in a VM without a GPU, and the NVIDIA stack when the profile includes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from builder.profile import load_profile
+
+
+def gpu_env(host: Any) -> dict[str, str]:
+    text = host.file("/run/neuraldrive/gpu.env").content_string
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
+def test_gpu_detect_ran_and_chose_cpu(host: Any) -> None:
+    assert host.service("neuraldrive-gpu-detect.service").is_enabled
+    state = host.check_output("systemctl show -p ActiveState -p Result --value neuraldrive-gpu-detect.service")
+    assert state.split() == ["active", "success"]
+    env = gpu_env(host)
+    assert env["NEURALDRIVE_ACCEL"] == "cpu"
+    assert env.get("NEURALDRIVE_GPU_COUNT", "0") == "0"
+
+
+def test_engine_sees_the_gpu_env(host: Any) -> None:
+    pid = host.check_output("systemctl show -p MainPID --value neuraldrive-ollama.service")
+    with host.sudo():
+        env = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+    assert "NEURALDRIVE_ACCEL=cpu" in env.splitlines()
+
+
+def test_nvidia_stack_when_profiled(host: Any, profile_name: str) -> None:
+    if "nvidia" not in load_profile(profile_name).gpu.vendors:
+        pytest.skip(f"profile {profile_name} has no NVIDIA drivers")
+    kernel = host.check_output("uname -r")
+    assert host.run(f"modinfo -k {kernel} nvidia-current").rc == 0
+    assert host.exists("nvidia-smi")
+    assert host.exists("nvidia-modprobe")

@@ -1,0 +1,82 @@
+"""Self-management: idle unloading, the admin CLI and the health check."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from tests.image.helpers import Gateway
+
+IDLE_OVERRIDE = "/var/lib/neuraldrive/config/neuraldrive.conf"
+
+
+def loaded(gateway: Gateway, key: str) -> list[str]:
+    response = gateway.request("GET", "/api/ps", key=key)
+    assert response.status == 200
+    return [m["name"] for m in response.json()["models"]]
+
+
+def load(gateway: Gateway, key: str, model: str) -> None:
+    response = gateway.request("POST", "/api/generate", key=key, body={"model": model, "keep_alive": -1})
+    assert response.status == 200, response.body
+    assert model in loaded(gateway, key)
+
+
+def test_idle_manager_unloads_a_pinned_model(host: Any, gateway: Gateway, api_key: str, model: str) -> None:
+    with host.sudo():
+        host.check_output(f"printf 'NEURALDRIVE_IDLE_TIMEOUT=15\\nNEURALDRIVE_IDLE_INTERVAL=3\\n' > {IDLE_OVERRIDE}")
+        host.check_output("systemctl restart neuraldrive-gpu-idle.service")
+    try:
+        load(gateway, api_key, model)
+        deadline = time.monotonic() + 90
+        while model in loaded(gateway, api_key):
+            assert time.monotonic() < deadline, "idle manager did not unload the keep_alive -1 model"
+            time.sleep(3)
+        with host.sudo():
+            log = host.check_output("journalctl -u neuraldrive-gpu-idle.service --no-pager -o cat --since -5min")
+        assert model.split(":")[0] in log
+    finally:
+        with host.sudo():
+            host.run(f"rm -f {IDLE_OVERRIDE}")
+            host.run("systemctl restart neuraldrive-gpu-idle.service")
+
+
+def test_admin_cli_unload_all(host: Any, gateway: Gateway, api_key: str, model: str) -> None:
+    load(gateway, api_key, model)
+    with host.sudo():
+        result = host.run("neuraldrive unload --all")
+    assert result.rc == 0, result.stderr
+    assert loaded(gateway, api_key) == []
+
+
+def test_ollama_status_alias_prints_json(host: Any, gateway: Gateway, api_key: str, model: str) -> None:
+    load(gateway, api_key, model)
+    with host.sudo():
+        status = json.loads(host.check_output("ollama-status"))
+        host.run("ollama-unload")
+    assert model in json.dumps(status)
+
+
+def test_admin_status_shows_the_api_url(host: Any) -> None:
+    with host.sudo():
+        out = host.check_output("neuraldrive status")
+    assert ":8443" in out
+
+
+def test_console_shows_url_and_key(host: Any, api_key: str) -> None:
+    issue = host.file("/etc/issue").content_string
+    assert api_key in issue and ":8443" in issue
+
+
+def test_health_check_restarts_a_stopped_engine(host: Any) -> None:
+    assert host.service("neuraldrive-healthcheck.timer").is_running
+    with host.sudo():
+        host.check_output("systemctl stop neuraldrive-ollama.service")
+        host.run("systemctl start neuraldrive-healthcheck.service")
+    deadline = time.monotonic() + 60
+    while not host.service("neuraldrive-ollama.service").is_running:
+        assert time.monotonic() < deadline, "health check did not bring the engine back"
+        time.sleep(2)
+    with host.sudo():
+        host.run("systemctl reset-failed neuraldrive-healthcheck.service")
