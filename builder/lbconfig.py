@@ -18,8 +18,10 @@ def boot_append(profile: Profile) -> str:
             "live-config.components=hostname",
             f"live-config.hostname={profile.image.hostname}",
             "persistence",
-            "console=ttyS0,115200",
+            # The last console is /dev/console: systemd's status lines go to the serial port, where
+            # boot failures are visible to headless installs and to the QEMU harness.
             "console=tty0",
+            "console=ttyS0,115200",
         ]
     )
 

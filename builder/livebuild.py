@@ -19,8 +19,10 @@ from .steps import ProgressLine, format_seconds, info
 
 MIN_LIVE_BUILD = "20250505"
 STAGES = ("bootstrap", "chroot", "binary")
-# live-build announces each helper as "[timestamp] lb <helper> ..." (e.g. lb chroot_hooks).
-_HELPER = re.compile(r"^\[[^\]]+\] lb (bootstrap|chroot|binary|source)_?([a-z0-9_-]*)")
+# live-build announces each helper as "[timestamp] lb <helper> ...": the bare stage names start a
+# stage (chroot helpers also run inside the installer stage), the rest are its steps.
+_STAGE = re.compile(r"^\[[^\]]+\] lb (bootstrap|chroot|installer|binary|source)\s*$")
+_STEP = re.compile(r"^\[[^\]]+\] lb ([a-z0-9_-]+)")
 
 
 @dataclass
@@ -118,12 +120,13 @@ def _run_logged(
         for line in proc.stdout:
             handle.write(line)
             tail.append(line.rstrip("\n"))
-            match = _HELPER.match(line) if fixed is None else None
-            if match:
-                new_stage, step = match.group(1), match.group(2)
-                if new_stage != stage:
-                    _finish_stage(run, stage, stage_start, progress)
-                    stage, stage_start = new_stage, time.monotonic()
+            stage_match = _STAGE.match(line) if fixed is None else None
+            step_match = _STEP.match(line) if fixed is None else None
+            if stage_match and stage_match.group(1) != stage:
+                _finish_stage(run, stage, stage_start, progress)
+                stage, stage_start = stage_match.group(1), time.monotonic()
+            if step_match:
+                step = step_match.group(1).removeprefix(f"{stage}_")
                 progress.update(f"{stage:<9} {step:<22} {format_seconds(time.monotonic() - stage_start)}", force=True)
             else:
                 progress.update(f"{stage:<9} {step:<22} {format_seconds(time.monotonic() - stage_start)}")

@@ -89,6 +89,16 @@ def extract_from_iso(iso: Path, member: str, dest: Path) -> Path:
     return dest
 
 
+def iso_kernel_path(iso: Path) -> str:
+    """live-build names the kernel /live/vmlinuz-<version>."""
+    listing = subprocess.run(["xorriso", "-indev", str(iso), "-ls", "/live"], capture_output=True, text=True,
+                             check=False).stdout
+    kernels = sorted(name.strip("'") for name in listing.split() if name.strip("'").startswith("vmlinuz"))
+    if not kernels:
+        raise VMError(f"{iso}: no kernel under /live")
+    return f"/live/{kernels[-1]}"
+
+
 def make_persistence_disk(path: Path, size: str = "2G", conf: str = "/var/lib/neuraldrive bind\n") -> Path:
     """An ext4 disk labelled `persistence` holding persistence.conf, built without mounting."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +159,8 @@ class VM:
             overlay = self.workdir / "boot-disk.qcow2"
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(s.iso.resolve()),
                             str(overlay)], check=True)
-            cmd += ["-drive", f"file={overlay},format=qcow2,if=virtio,bootindex=0"]
+            cmd += ["-drive", f"file={overlay},format=qcow2,if=none,id=disk0",
+                    "-device", "virtio-blk-pci,drive=disk0,bootindex=0"]
         if s.persistence_disk is not None:
             cmd += ["-drive", f"file={s.persistence_disk},format=qcow2,if=virtio"]
         return cmd
@@ -169,7 +180,7 @@ class VM:
             return _KVM_VERDICT["verdict"]
         if not os.path.exists("/dev/kvm"):
             return False
-        kernel = extract_from_iso(self.spec.iso, "/live/vmlinuz", self.workdir / "vmlinuz")
+        kernel = extract_from_iso(self.spec.iso, iso_kernel_path(self.spec.iso), self.workdir / "vmlinuz")
         return kvm_works(kernel)
 
     def elapsed(self) -> float:

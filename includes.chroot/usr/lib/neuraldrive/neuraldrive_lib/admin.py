@@ -1,0 +1,303 @@
+"""neuraldrive: the administrator's command (status, models, load/unload, health, API key).
+
+Run from a shell, not by systemd, so it reads the same config files the units load (later
+files win, then the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import json
+import os
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from . import health
+from .appliance import api_urls, read_api_key
+from .common import (
+    ConfigError,
+    Runner,
+    Settings,
+    atomic_write,
+    fail,
+    human_bytes,
+    load_conf_files,
+    run_command,
+)
+from .gpu import read_gpu_state
+from .ollama import UNLOAD_WAIT_S, Client, EngineDownError, EngineError, entry_name, matches
+from .paths import (
+    API_KEY_FILE,
+    API_KEY_GROUP,
+    CONF_FILES,
+    ENGINE_UNIT,
+    GATEWAY_UNIT,
+    GPU_ENV,
+    ISSUE_UNIT,
+    STATE_DIR,
+)
+
+PROG = "neuraldrive"
+
+
+@dataclass
+class Context:
+    """Everything a command touches outside itself, so tests can point it elsewhere."""
+
+    settings: Settings
+    run: Runner = run_command
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    gpu_env: Path = Path(GPU_ENV)
+    state_dir: Path = Path(STATE_DIR)
+    key_file: Path = Path(API_KEY_FILE)
+    key_group: str = API_KEY_GROUP
+    euid: Callable[[], int] = os.geteuid
+    unload_wait: float = UNLOAD_WAIT_S
+
+    @classmethod
+    def from_system(cls) -> Context:
+        return cls(Settings(load_conf_files(CONF_FILES, os.environ)))
+
+    @property
+    def client(self) -> Client:
+        return Client(self.settings.text("OLLAMA_HOST"))
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+
+def _vram(entry: dict[str, object]) -> str:
+    size_vram = int(str(entry.get("size_vram") or 0))
+    if size_vram:
+        return f"{human_bytes(size_vram)} VRAM"
+    return f"{human_bytes(int(str(entry.get('size') or 0)))} RAM"
+
+
+def _until(entry: dict[str, object]) -> str:
+    stamp = str(entry.get("expires_at") or "")
+    # keep_alive -1 puts expiry centuries away.
+    if not stamp[:4].isdigit() or int(stamp[:4]) >= 2100:
+        return "kept loaded"
+    return "until " + stamp[:16].replace("T", " ")
+
+
+def service_states(ctx: Context) -> list[tuple[str, str]] | str:
+    """(unit, active state) of every neuraldrive-* unit, or why they could not be listed."""
+    listed = ctx.run(["systemctl", "list-unit-files", "--no-legend", "--no-pager", "--plain",
+                      "neuraldrive-*"])
+    if not listed.ok:
+        return f"unknown (systemctl: {listed.reason()})"
+    units = [line.split()[0] for line in listed.stdout.splitlines()
+             if line.strip() and "@." not in line.split()[0]]
+    if not units:
+        return "none installed"
+    # is-active exits non-zero when any unit is not active, but still prints every state.
+    states = ctx.run(["systemctl", "is-active", *units]).stdout.split()
+    if len(states) != len(units):
+        return "unknown (systemctl is-active gave no answer)"
+    return list(zip(units, states, strict=True))
+
+
+def cmd_status(ctx: Context, _args: argparse.Namespace) -> int:
+    port = ctx.settings.integer("NEURALDRIVE_GATEWAY_PORT", 8443, minimum=1)
+    by_address, by_name = api_urls(port, ctx.run)
+    ctx.say(f"API       {by_address}" + (f"  (also {by_name})" if by_name != by_address else ""))
+    gpu = read_gpu_state(ctx.gpu_env)
+    ctx.say(f"GPU       {gpu.summary() if gpu else f'unknown (no {ctx.gpu_env} yet)'}")
+    services = service_states(ctx)
+    if isinstance(services, str):
+        ctx.say(f"Services  {services}")
+    else:
+        for i, (unit, state) in enumerate(services):
+            ctx.say(f"{'Services' if i == 0 else '':<10}{unit:<40} {state}")
+    client = ctx.client
+    try:
+        version = client.version()
+        loaded = client.ps()
+    except EngineDownError as exc:
+        ctx.say(f"Engine    not answering at {client.url}")
+        return fail(PROG, f"{exc}; see systemctl status {ENGINE_UNIT}")
+    ctx.say(f"Engine    Ollama {version} at {client.url}")
+    if not loaded:
+        ctx.say("Loaded    no models")
+    for i, entry in enumerate(loaded):
+        ctx.say(f"{'Loaded' if i == 0 else '':<10}{entry_name(entry):<40} {_vram(entry):>14}  "
+                f"{_until(entry)}")
+    return 0
+
+
+def cmd_models(ctx: Context, _args: argparse.Namespace) -> int:
+    client = ctx.client
+    models = client.tags()
+    loaded = client.ps()
+    if not models:
+        ctx.say("no models on this appliance yet (pull one through the API)")
+        return 0
+    ctx.say(f"{'NAME':<40} {'SIZE':>10}  LOADED")
+    for entry in sorted(models, key=entry_name):
+        name = entry_name(entry)
+        here = next((e for e in loaded if matches(e, name)), None)
+        size = human_bytes(int(str(entry.get("size") or 0)))
+        ctx.say(f"{name:<40} {size:>10}  {_vram(here) if here else ''}".rstrip())
+    return 0
+
+
+def cmd_load(ctx: Context, args: argparse.Namespace) -> int:
+    client = ctx.client
+    client.load(args.model)
+    entry = next((e for e in client.ps() if matches(e, args.model)), None)
+    where = f" ({_vram(entry)})" if entry else ""
+    ctx.say(f"loaded {args.model}{where}; it stays loaded until unloaded or idle too long")
+    return 0
+
+
+def cmd_unload(ctx: Context, args: argparse.Namespace) -> int:
+    if bool(args.models) == bool(args.all):
+        return fail(PROG, "unload: name the models to unload, or give --all", 2)
+    client = ctx.client
+    loaded = client.ps()
+    targets = []
+    if args.all:
+        targets = [entry_name(e) for e in loaded]
+        if not targets:
+            ctx.say("no models loaded")
+    for name in args.models:
+        if any(matches(e, name) for e in loaded):
+            targets.append(name)
+        else:
+            ctx.say(f"{name} is not loaded")
+    for name in targets:
+        client.request_unload(name)
+    # The engine says "done" before it has let go of the memory: watch /api/ps instead.
+    left = client.wait_gone(targets, ctx.unload_wait) if targets else []
+    for name in targets:
+        if name not in left:
+            entry = next((e for e in loaded if matches(e, name)), {})
+            ctx.say(f"unloaded {name} (freed {_vram(entry)})")
+    if left:
+        return fail(PROG, f"still loaded after {ctx.unload_wait:g} s: {' '.join(left)} "
+                          "(busy with a request? it unloads when that finishes)")
+    return 0
+
+
+def cmd_health(ctx: Context, _args: argparse.Namespace) -> int:
+    # Report only: restarting the engine is the health timer's job.
+    return health.run_checks(ctx.settings, ctx.gpu_env, ctx.state_dir, ctx.run)
+
+
+def cmd_key_show(ctx: Context, _args: argparse.Namespace) -> int:
+    try:
+        key = read_api_key(ctx.key_file)
+    except PermissionError:
+        return fail(PROG, f"cannot read {ctx.key_file}: permission denied (run as root or as a "
+                          f"member of group {ctx.key_group})")
+    except FileNotFoundError:
+        return fail(PROG, f"no API key at {ctx.key_file} yet (neuraldrive-firstboot.service "
+                          "creates it at first boot)")
+    except OSError as exc:
+        return fail(PROG, f"cannot read the API key: {exc}")
+    ctx.say(key)
+    return 0
+
+
+def cmd_key_rotate(ctx: Context, _args: argparse.Namespace) -> int:
+    if ctx.euid() != 0:
+        return fail(PROG, "key rotate: must be run as root (sudo neuraldrive key rotate)")
+    try:
+        gid = grp.getgrnam(ctx.key_group).gr_gid
+    except KeyError:
+        return fail(PROG, f"group {ctx.key_group} does not exist; the gateway could not read a key")
+    key = "nd-" + secrets.token_urlsafe(32)
+    try:
+        # No trailing newline: readers that do not strip still get exactly the key.
+        atomic_write(ctx.key_file, key, mode=0o640, gid=gid)
+    except OSError as exc:
+        return fail(PROG, f"cannot write {ctx.key_file}: {exc.strerror or exc}")
+    reload = ctx.run(["systemctl", "reload-or-restart", GATEWAY_UNIT])
+    if not reload.ok:
+        return fail(PROG, f"new key written to {ctx.key_file}, but reloading {GATEWAY_UNIT} "
+                          f"failed ({reload.reason()}): the gateway may still use the old key")
+    ctx.run(["systemctl", "start", "--no-block", ISSUE_UNIT])  # the console shows the key
+    ctx.say(key)
+    ctx.say(f"new API key in {ctx.key_file}; the old one no longer works")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Administer this NeuralDrive appliance: see its state, manage "
+                               "the models in GPU memory, check its health, show or rotate "
+                               "the API key.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="services, GPU, loaded models and the API URL"
+                   ).set_defaults(handler=cmd_status)
+    sub.add_parser("models", help="models on disk (and which are loaded)"
+                   ).set_defaults(handler=cmd_models)
+    load = sub.add_parser("load", help="load a model and keep it loaded (keep_alive -1)")
+    load.add_argument("model")
+    load.set_defaults(handler=cmd_load)
+    unload = sub.add_parser("unload", help="unload models and wait until their memory is free")
+    unload.add_argument("models", nargs="*", metavar="MODEL")
+    unload.add_argument("--all", action="store_true", help="every loaded model")
+    unload.set_defaults(handler=cmd_unload)
+    sub.add_parser("health", help="run the health check (exit 0 ok, 1 failed, 3 warnings)"
+                   ).set_defaults(handler=cmd_health)
+    key = sub.add_parser("key", help="the API key clients must send")
+    key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    key_sub.add_parser("show", help="print the key (root or group " + API_KEY_GROUP + ")"
+                       ).set_defaults(handler=cmd_key_show)
+    key_sub.add_parser("rotate", help="make a new key and reload the gateway (root)"
+                       ).set_defaults(handler=cmd_key_rotate)
+    return parser
+
+
+def dispatch(handler: Callable[[Context, argparse.Namespace], int], ctx: Context,
+             args: argparse.Namespace) -> int:
+    """Expected failures become one line on stderr and an exit status, never a traceback."""
+    try:
+        return handler(ctx, args)
+    except EngineDownError as exc:
+        return fail(PROG, f"{exc}; is {ENGINE_UNIT} running? (systemctl status {ENGINE_UNIT})")
+    except EngineError as exc:
+        return fail(PROG, str(exc))
+    except ConfigError as exc:
+        return fail(PROG, str(exc), 2)
+
+
+def main(argv: Sequence[str] | None = None, ctx: Context | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return dispatch(args.handler, ctx or Context.from_system(), args)
+
+
+# The short commands of the seed's GPU manager, kept for muscle memory.
+def _status_json(ctx: Context, _args: argparse.Namespace) -> int:
+    loaded = ctx.client.call("GET", "/api/ps")
+    ctx.say(json.dumps(loaded, indent=2))
+    return 0
+
+
+ALIASES: dict[str, tuple[str, Callable[[Context, argparse.Namespace], int]]] = {
+    "ollama-unload": ("Unload the named models, or all loaded models when none is named; "
+                      "waits until their memory is free. Same as `neuraldrive unload`.",
+                      cmd_unload),
+    "ollama-status": ("Print the engine's loaded models (GET /api/ps) as JSON.", _status_json),
+    "ollama-models": ("List the models on this appliance. Same as `neuraldrive models`.",
+                      cmd_models),
+}
+
+
+def alias_main(name: str, argv: Sequence[str] | None = None, ctx: Context | None = None) -> int:
+    description, handler = ALIASES[name]
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    if handler is cmd_unload:
+        parser.add_argument("models", nargs="*", metavar="MODEL")
+        parser.add_argument("--all", action="store_true", help="every loaded model (the default)")
+    args = parser.parse_args(argv)
+    if handler is cmd_unload:
+        args.all = not args.models
+    return dispatch(handler, ctx or Context.from_system(), args)

@@ -1,0 +1,167 @@
+"""healthcheck: engine answers, VRAM and disk thresholds, and the restart of a hung engine."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import OllamaDouble
+from tests.fixtures.gpu import FakeRunner, clean_env, lib, program
+
+common = lib("common")
+gpu = lib("gpu")
+health = lib("health")
+
+Usage = namedtuple("Usage", "total used free")
+NVIDIA = gpu.GpuState(present=("nvidia",), vendor="nvidia", count=2, driver="loaded", accel="cuda")
+
+
+def dead_host() -> str:
+    """An address where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def gpu_env(tmp_path: Path, state: object) -> Path:
+    path = tmp_path / "gpu.env"
+    path.write_text(state.render())  # type: ignore[attr-defined]
+    return path
+
+
+def check(tmp_path: Path, host: str, runner: FakeRunner | None = None, gpu_file: Path | None = None,
+          **settings: str) -> tuple[int, FakeRunner]:
+    values = {"OLLAMA_HOST": host, "NEURALDRIVE_HEALTH_DISK_WARN_PERCENT": "100", **settings}
+    run = runner or FakeRunner()
+    code = health.run_checks(common.Settings(values), gpu_file or tmp_path / "no-gpu.env",
+                             tmp_path, run)
+    return code, run
+
+
+def test_healthy_engine(tmp_path: Path, ollama_double: OllamaDouble,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, run = check(tmp_path, ollama_double.host)
+    assert code == 0
+    assert run.calls == []  # no GPU to query, nothing to restart
+    out = capsys.readouterr().out
+    assert "ok: engine: version 0.0.0-testdouble answered in" in out
+    assert "ok: disk:" in out
+
+
+def test_engine_down_fails_without_touching_anything(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code, run = check(tmp_path, dead_host())
+    assert code == health.EXIT_FAILED
+    assert run.calls == []  # restarting is the recovery unit's job
+    assert "error: engine: no valid answer from /api/version within 10 s" in capsys.readouterr().out
+
+
+def test_vram_nearly_full_is_a_warning(tmp_path: Path, ollama_double: OllamaDouble,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    smi = FakeRunner({tuple(health.NVIDIA_QUERY): (0, "23900, 24564\n1200, 24564\n", "")})
+    code, run = check(tmp_path, ollama_double.host, smi, gpu_env(tmp_path, NVIDIA))
+    assert code == 0  # 23900 of 24564 MiB is 97 %: below the default 98
+    assert run.calls == [health.NVIDIA_QUERY]
+    capsys.readouterr()
+    code, _ = check(tmp_path, ollama_double.host, smi, gpu_env(tmp_path, NVIDIA),
+                    NEURALDRIVE_HEALTH_VRAM_WARN_PERCENT="95")
+    out = capsys.readouterr().out
+    assert code == health.EXIT_WARNING
+    assert "warning: gpu 0: VRAM 97% used (23900 of 24564 MiB; warning at 95%)" in out
+    assert "ok: gpu 1: VRAM 4% used" in out
+
+
+def test_vram_fine(tmp_path: Path, ollama_double: OllamaDouble) -> None:
+    smi = FakeRunner({tuple(health.NVIDIA_QUERY): (0, "1200, 24564\n", "")})
+    code, _ = check(tmp_path, ollama_double.host, smi, gpu_env(tmp_path, NVIDIA))
+    assert code == 0
+
+
+def test_nvidia_smi_failure_is_reported(tmp_path: Path, ollama_double: OllamaDouble,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    smi = FakeRunner({("nvidia-smi",): (15, "Unable to determine the device handle for GPU0000:"
+                                            "01:00.0: GPU is lost.  Reboot the system\n", "")})
+    code, _ = check(tmp_path, ollama_double.host, smi, gpu_env(tmp_path, NVIDIA))
+    assert code == health.EXIT_WARNING
+    assert "warning: gpu: nvidia-smi failed: Unable to determine" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("state", [
+    gpu.GpuState(),
+    gpu.GpuState(present=("amd",), vendor="amd", count=1, driver="loaded", accel="rocm"),
+    gpu.GpuState(present=("nvidia",), vendor="nvidia", count=1, driver="missing"),
+])
+def test_vram_is_only_queried_on_a_working_nvidia(tmp_path: Path, ollama_double: OllamaDouble,
+                                                  state: object) -> None:
+    _, run = check(tmp_path, ollama_double.host, gpu_file=gpu_env(tmp_path, state))
+    assert run.calls == []
+
+
+def test_full_disk_is_a_warning(tmp_path: Path, ollama_double: OllamaDouble,
+                                monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(health.shutil, "disk_usage", lambda _p: Usage(100 * 2**20, 93 * 2**20,
+                                                                        7 * 2**20))
+    code, _ = check(tmp_path, ollama_double.host, NEURALDRIVE_HEALTH_DISK_WARN_PERCENT="90")
+    assert code == health.EXIT_WARNING
+    assert "7 MiB free; warning at 90%" in capsys.readouterr().out
+
+
+def test_bad_setting(tmp_path: Path) -> None:
+    with pytest.raises(common.ConfigError, match="NEURALDRIVE_HEALTH_API_TIMEOUT='soon'"):
+        check(tmp_path, dead_host(), NEURALDRIVE_HEALTH_API_TIMEOUT="soon")
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    ("active", [["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),
+    ("failed", [["systemctl", "reset-failed", "neuraldrive-ollama.service"],
+                ["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),
+    ("inactive", []),  # an administrator stopped it
+    ("activating", []),  # still starting: give it time
+])
+def test_recovery_restarts_only_an_engine_that_should_be_running(state: str,
+                                                                 expected: list[list[str]]) -> None:
+    run = FakeRunner({("systemctl", "is-active"): (0 if state == "active" else 3, state + "\n", "")})
+    code = health.main(["--restart-engine"], run)
+    assert run.calls[0] == ["systemctl", "is-active", "neuraldrive-ollama.service"]
+    assert run.calls[1:] == expected
+    assert code == (0 if expected else health.EXIT_WARNING)
+
+
+def test_recovery_failure_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    run = FakeRunner({("systemctl", "is-active"): (0, "active\n", ""),
+                      ("systemctl", "restart"): (1, "", "Failed to restart: Access denied\n")})
+    assert health.main(["--restart-engine"], run) == health.EXIT_FAILED
+    assert "restarting neuraldrive-ollama.service failed: Failed to restart: Access denied" in (
+        capsys.readouterr().out)
+
+
+def test_program_against_a_dead_engine(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*program("usr/lib/neuraldrive/healthcheck"), "--gpu-env", str(tmp_path / "none"),
+         "--state-dir", str(tmp_path)],
+        env=clean_env(OLLAMA_HOST=dead_host(), NEURALDRIVE_HEALTH_API_TIMEOUT="2",
+                      NEURALDRIVE_HEALTH_DISK_WARN_PERCENT="100"),
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "error: engine: no valid answer from /api/version within 2 s" in result.stdout
+
+
+def test_help() -> None:
+    result = subprocess.run([*program("usr/lib/neuraldrive/healthcheck"), "--help"],
+                            env=clean_env(), capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0
+    assert "--restart-engine" in result.stdout
+
+
+def test_disk_check_uses_the_real_filesystem(tmp_path: Path) -> None:
+    finding = health.check_disk(tmp_path, 100)
+    usage = shutil.disk_usage(tmp_path)
+    assert finding.level == ("warning" if usage.free == 0 else "ok")
+    assert str(tmp_path) in finding.message

@@ -1,0 +1,142 @@
+"""The systemd units and config of the GPU, idle, health and console features, rendered from
+real profiles: they must pass `systemd-analyze verify` and stay at exposure <= 1.5.
+
+Rendering here uses jinja2 with the renderer's settings and builder.render's template
+context; it can switch to builder.render.render_tree once a test helper renders one file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from builder import facts
+from builder.profile import Profile, load_profile
+from builder.render import template_context
+from tests.fixtures.gpu import CHROOT, lib
+
+UNIT_DIR = CHROOT / "etc/systemd/system"
+# Units this feature set owns; each service's exposure must stay at or below MAX_EXPOSURE.
+UNITS = ("neuraldrive-gpu-detect.service", "neuraldrive-gpu-tune.service",
+         "neuraldrive-gpu-idle.service", "neuraldrive-healthcheck.service",
+         "neuraldrive-healthcheck-recover.service", "neuraldrive-healthcheck.timer",
+         "neuraldrive-issue.service", "neuraldrive-issue.timer")
+PROGRAMS = ("gpu-detect", "gpu-tune", "gpu-idle", "healthcheck", "issue-refresh")
+MAX_EXPOSURE = 1.5
+HOST_UNITS = Path("/usr/lib/systemd/system")
+
+needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None or not HOST_UNITS.is_dir(),
+                                   reason="needs systemd-analyze and the host's units")
+
+
+def render(template: Path, profile: Profile) -> str:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    return env.from_string(template.read_text()).render(**template_context(profile, []))
+
+
+def tuned(profile: Profile) -> Profile:
+    tune = dataclasses.replace(profile.gpu.tune, enabled=True, power_limit_watts=300,
+                               locked_clocks_mhz=1800)
+    return dataclasses.replace(profile, gpu=dataclasses.replace(profile.gpu, tune=tune))
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root with the host's systemd units, our programs and our units rendered (default profile)."""
+    root = tmp_path_factory.mktemp("root")
+    shutil.copytree(HOST_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    (root / "usr/lib/neuraldrive").mkdir(parents=True)
+    for name in PROGRAMS:
+        shutil.copy2(CHROOT / "usr/lib/neuraldrive" / name, root / "usr/lib/neuraldrive" / name)
+    etc = root / "etc/systemd/system"
+    etc.mkdir(parents=True)
+    for unit in UNITS:
+        (etc / unit).write_text(render(UNIT_DIR / f"{unit}.j2", load_profile("default")))
+    return root
+
+
+@needs_systemd
+def test_units_pass_systemd_analyze_verify(image_root: Path) -> None:
+    units = [str(image_root / "etc/systemd/system" / u) for u in UNITS]
+    result = subprocess.run(["systemd-analyze", "verify", f"--root={image_root}", *units],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == result.stderr.strip() == ""  # not even a warning
+
+
+@needs_systemd
+@pytest.mark.parametrize("unit", [u for u in UNITS if u.endswith(".service")])
+def test_exposure_is_at_most_1_5(image_root: Path, unit: str) -> None:
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                             str(image_root / "etc/systemd/system" / unit)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match[1]) <= MAX_EXPOSURE, result.stdout
+
+
+def test_exec_paths_are_the_shipped_programs() -> None:
+    for unit in UNITS:
+        for line in render(UNIT_DIR / f"{unit}.j2", load_profile("default")).splitlines():
+            if line.startswith("ExecStart="):
+                path = line.removeprefix("ExecStart=").split()[0]
+                assert path.startswith("/usr/lib/neuraldrive/")
+                assert (CHROOT / path.lstrip("/")).stat().st_mode & 0o111, path
+
+
+def test_health_timer_follows_the_profile() -> None:
+    profile = load_profile("default")
+    faster = dataclasses.replace(profile, healthcheck=dataclasses.replace(profile.healthcheck,
+                                                                          interval_minutes=7))
+    text = render(UNIT_DIR / "neuraldrive-healthcheck.timer.j2", faster)
+    assert "OnUnitActiveSec=7min" in text
+
+
+def conf(profile: Profile) -> dict[str, str]:
+    common = lib("common")
+    return dict(common.parse_env(render(CHROOT / "etc/neuraldrive/neuraldrive.conf.j2", profile)))
+
+
+def test_conf_from_the_default_profile() -> None:
+    assert conf(load_profile("default")) == {
+        "NEURALDRIVE_IDLE_TIMEOUT": "300",
+        "NEURALDRIVE_IDLE_INTERVAL": "30",
+        "NEURALDRIVE_HEALTH_API_TIMEOUT": "10",
+        "NEURALDRIVE_HEALTH_VRAM_WARN_PERCENT": "98",
+        "NEURALDRIVE_HEALTH_DISK_WARN_PERCENT": "90",
+        "NEURALDRIVE_GATEWAY_PORT": "8443",
+        "NEURALDRIVE_GPU_VENDORS": "nvidia amd intel",
+        "NEURALDRIVE_GPU_PERSISTENCE": "1",
+        "NEURALDRIVE_GPU_POWER_LIMIT": "",
+        "NEURALDRIVE_GPU_LOCKED_CLOCKS": "",
+    }
+
+
+def test_conf_for_cpu_and_tuned_nvidia() -> None:
+    assert conf(load_profile("cpu"))["NEURALDRIVE_GPU_VENDORS"] == ""
+    nvidia = conf(tuned(load_profile("nvidia")))
+    assert nvidia["NEURALDRIVE_GPU_VENDORS"] == "nvidia"
+    assert nvidia["NEURALDRIVE_GPU_POWER_LIMIT"] == "300"
+    assert nvidia["NEURALDRIVE_GPU_LOCKED_CLOCKS"] == "1800"
+
+
+def test_conf_points_to_the_persistent_override() -> None:
+    text = render(CHROOT / "etc/neuraldrive/neuraldrive.conf.j2", load_profile("default"))
+    assert f"{facts.OVERRIDE_DIR}/neuraldrive.conf" in text.split("\n\n")[0]
+
+
+def test_in_image_paths_match_the_builders_facts() -> None:
+    paths = lib("paths")
+    for name in ("API_KEY_FILE", "API_KEY_GROUP", "STATE_DIR", "RUN_DIR", "GPU_ENV", "OLLAMA_PORT"):
+        assert getattr(paths, name) == getattr(facts, name), name
+    conf_files = paths.CONF_FILES
+    assert conf_files == (
+        f"{facts.ETC_DIR}/ollama.conf", f"{facts.OVERRIDE_DIR}/ollama.conf",
+        f"{facts.ETC_DIR}/neuraldrive.conf", f"{facts.OVERRIDE_DIR}/neuraldrive.conf")
