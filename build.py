@@ -172,8 +172,8 @@ def fetch(profile_name: str, out_dir: Path, cache_dir: Path, offline: bool, verb
 @handle_errors
 def lock(version: str, sums_source: str | None, offline: bool) -> None:
     """Pin Ollama VERSION: record URLs and sha256 from the release's sha256sum.txt."""
-    from builder.errors import LockError
     from builder import lock as lock_module
+    from builder.errors import LockError
     from builder.lock import pin_release, release_sums_url
 
     source = sums_source or release_sums_url(version.lstrip("v"))

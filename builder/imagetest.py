@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 
 from .errors import VMError
-from .guest import SshAccess, close_master, generate_key, ssh, ssh_answers, write_ssh_config
+from .guest import SshAccess, close_master, ssh, ssh_answers, write_ssh_config
 from .profile import Profile
 from .steps import complete_step, info
 from .vm import VM, BootSpec, make_persistence_disk
@@ -65,7 +65,7 @@ class Summary:
 def serve_directory(directory: Path) -> Iterator[str]:
     """Serve `directory` on 127.0.0.1 (a random port) for the build's artifact fetch."""
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined, method-assign]
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -227,7 +227,8 @@ def print_summary(summary: Summary) -> None:
     info(f"{'boot':<28}{'accel':<6}{'login':>8}{'SSH':>8}{'running':>9}{'gateway':>9}  failed units")
     for b in summary.boots:
         cells = [b.login_prompt_s, b.ssh_s, b.system_running_s, b.gateway_ready_s]
-        shown = "".join(f"{(f'{c:.0f}s' if c is not None else '-'):>{w}}" for c, w in zip(cells, (8, 8, 9, 9), strict=True))
+        widths = (8, 8, 9, 9)
+        shown = "".join(f"{(f'{c:.0f}s' if c is not None else '-'):>{w}}" for c, w in zip(cells, widths, strict=True))
         info(f"{b.mode:<28}{b.accel:<6}{shown}  {' '.join(b.failed_units) or 'none'}")
     for error in summary.errors:
         info(f"error: {error.splitlines()[0]}")

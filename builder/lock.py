@@ -61,10 +61,12 @@ def read_lock(path: Path | None = None) -> dict[str, Any]:
     for key in ("version", "base_url"):
         if not isinstance(entry.get(key), str):
             raise LockError(f"{path}: ollama.{key}: missing or not a string")
-    for name, digest in entry["files"].items():
+    files: dict[str, Any] = entry["files"]
+    for name, digest in files.items():
         if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
             raise LockError(f"{path}: ollama.files.{name}: {digest!r} is not a sha256")
-    return data
+    result: dict[str, Any] = data
+    return result
 
 
 def resolve_artifacts(

@@ -172,7 +172,7 @@ def load_profile(name_or_path: str) -> Profile:
     data = _load_layered(path, seen=())
     name = path.stem
     try:
-        profile = _build(Profile, {"name": name, "source": str(path), **data}, "")
+        profile: Profile = _build(Profile, {"name": name, "source": str(path), **data}, "")
     except _FieldError as exc:
         raise ProfileError(f"{path}: {exc.field}: {exc.message}") from None
     _check_semantics(profile, path)

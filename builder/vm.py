@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,15 +229,11 @@ class VM:
         if self.proc is None:
             return
         if graceful_timeout and self.alive():
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 self.proc.wait(graceful_timeout)
-            except subprocess.TimeoutExpired:
-                pass
         if self.alive():
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait()
         self.proc = None
 

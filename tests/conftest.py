@@ -18,7 +18,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from tests.fixtures.ollama_double import SCRIPT, write_model
+from tests.fixtures.ollama_double import SCRIPT, write_model  # noqa: E402
 
 _START_TIMEOUT_S = 10.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

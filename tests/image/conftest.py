@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.image.helpers import Gateway, push_models  # noqa: E402
+from tests.image.helpers import Gateway, push_models
 
 REQUIRED = ("NEURALDRIVE_GATEWAY_PORT", "NEURALDRIVE_ENGINE_FORWARD_PORT", "NEURALDRIVE_ISO",
             "NEURALDRIVE_TEST_ARCHIVE", "NEURALDRIVE_STATE", "NEURALDRIVE_PROFILE")

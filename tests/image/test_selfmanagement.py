@@ -35,7 +35,7 @@ def test_idle_manager_unloads_a_pinned_model(host: Any, gateway: Gateway, api_ke
             time.sleep(3)
         with host.sudo():
             log = host.check_output("journalctl -u neuraldrive-gpu-idle.service --no-pager -o cat --since -5min")
-        assert model.split(":")[0] in log
+        assert model.split(":", maxsplit=1)[0] in log
     finally:
         with host.sudo():
             host.run(f"rm -f {IDLE_OVERRIDE}")

@@ -154,7 +154,8 @@ def test_profile_overrides_reach_engine_config(tmp_path: Path, double_archive: P
     profile = load_profile(str(custom))
     tree = render_tree(profile, tmp_path / "tree", staged_for(profile, double_archive))
     conf = (tree / INCLUDES / "etc/neuraldrive/ollama.conf").read_text()
-    for line in ("OLLAMA_KEEP_ALIVE=30m", "OLLAMA_FLASH_ATTENTION=1", "OLLAMA_KV_CACHE_TYPE=q8_0", "CUDA_VISIBLE_DEVICES=0"):
+    for line in ("OLLAMA_KEEP_ALIVE=30m", "OLLAMA_FLASH_ATTENTION=1", "OLLAMA_KV_CACHE_TYPE=q8_0",
+                 "CUDA_VISIBLE_DEVICES=0"):
         assert line in conf.splitlines()
     unit = (tree / INCLUDES / "etc/systemd/system/neuraldrive-ollama.service").read_text()
     assert "ExecStart=/usr/bin/numactl --cpunodebind=1 /usr/local/bin/ollama serve" in unit
