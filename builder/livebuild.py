@@ -122,14 +122,15 @@ def _run_logged(
             tail.append(line.rstrip("\n"))
             stage_match = _STAGE.match(line) if fixed is None else None
             step_match = _STEP.match(line) if fixed is None else None
-            if stage_match and stage_match.group(1) != stage:
+            new_stage = bool(stage_match and stage_match.group(1) != stage)
+            if stage_match and new_stage:
                 _finish_stage(run, stage, stage_start, progress)
                 stage, stage_start = stage_match.group(1), time.monotonic()
             if step_match:
                 step = step_match.group(1).removeprefix(f"{stage}_")
-                progress.update(f"{stage:<9} {step:<22} {format_seconds(time.monotonic() - stage_start)}", force=True)
-            else:
-                progress.update(f"{stage:<9} {step:<22} {format_seconds(time.monotonic() - stage_start)}")
+            # One line per stage start, then at most one every 30 s (a TTY redraws in place).
+            progress.update(f"{stage:<9} {step:<26} {format_seconds(time.monotonic() - stage_start)}",
+                            force=new_stage)
         code = proc.wait()
     except BaseException:
         proc.terminate()

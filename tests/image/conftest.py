@@ -34,13 +34,13 @@ def profile_name() -> str:
     return os.environ["NEURALDRIVE_PROFILE"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def api_key(host: Any) -> str:
     with host.sudo():
         return str(host.check_output("cat /var/lib/neuraldrive/secrets/api-key")).strip()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gateway(host: Any) -> Gateway:
     ca = host.file("/var/lib/neuraldrive/tls/ca.crt").content_string
     return Gateway(int(os.environ["NEURALDRIVE_GATEWAY_PORT"]), ca)

@@ -16,8 +16,9 @@ def gpu_env(host: Any) -> dict[str, str]:
 
 def test_gpu_detect_ran_and_chose_cpu(host: Any) -> None:
     assert host.service("neuraldrive-gpu-detect.service").is_enabled
-    state = host.check_output("systemctl show -p ActiveState -p Result --value neuraldrive-gpu-detect.service")
-    assert state.split() == ["active", "success"]
+    state = dict(line.split("=", 1) for line in host.check_output(
+        "systemctl show -p ActiveState -p Result neuraldrive-gpu-detect.service").splitlines())
+    assert state == {"ActiveState": "active", "Result": "success"}
     env = gpu_env(host)
     assert env["NEURALDRIVE_ACCEL"] == "cpu"
     assert env.get("NEURALDRIVE_GPU_COUNT", "0") == "0"

@@ -121,10 +121,11 @@ def test_bad_setting(tmp_path: Path) -> None:
     ("active", [["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),
     ("failed", [["systemctl", "reset-failed", "neuraldrive-ollama.service"],
                 ["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),
-    ("inactive", []),  # an administrator stopped it
+    ("inactive", [["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),  # stopped: bring back
     ("activating", []),  # still starting: give it time
+    ("deactivating", []),  # mid-stop: the next run will see the result
 ])
-def test_recovery_restarts_only_an_engine_that_should_be_running(state: str,
+def test_recovery_restarts_an_engine_that_is_not_starting_or_stopping(state: str,
                                                                  expected: list[list[str]]) -> None:
     run = FakeRunner({("systemctl", "is-active"): (0 if state == "active" else 3, state + "\n", "")})
     code = health.main(["--restart-engine"], run)

@@ -198,6 +198,20 @@ def test_nftables_ruleset_is_valid_and_default_deny(trees: dict[str, Path]) -> N
             assert result.returncode == 0, result.stderr
 
 
+CADDY = shutil.which("caddy") or "/usr/local/lib/neuraldrive-tools/caddy"
+
+
+@pytest.mark.skipif(not os.access(CADDY, os.X_OK), reason="caddy not installed (scripts/setup-host installs it)")
+@pytest.mark.parametrize("name", ["default", "test"])
+def test_caddyfile_is_accepted_by_caddy(trees: dict[str, Path], name: str) -> None:
+    caddyfile = trees[name] / INCLUDES / "etc/neuraldrive/Caddyfile"
+    result = subprocess.run([CADDY, "adapt", "--config", str(caddyfile), "--adapter", "caddyfile"],
+                            capture_output=True, text=True, check=False,
+                            env={"NEURALDRIVE_API_KEY": "nd-" + "x" * 43, "PATH": os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr
+    assert "nd-" + "x" * 43 in result.stdout  # the key reached the adapted config
+
+
 @pytest.mark.parametrize("name", PROFILES)
 def test_units_pass_systemd_analyze_verify(verify_roots: dict[str, Path], name: str) -> None:
     root = verify_roots[name]

@@ -93,9 +93,9 @@ def check_disk(path: Path, warn: int) -> Finding:
 def restart_engine(run: Runner) -> Finding:
     """Restart a running-but-hung (or failed) engine; leave one an admin stopped alone."""
     state = run(["systemctl", "is-active", ENGINE_UNIT]).stdout.strip() or "unknown"
-    if state in ("inactive", "deactivating"):
-        return Finding("warning", f"{ENGINE_UNIT} is {state} (stopped on purpose?); not restarting")
-    if state in ("activating", "reloading"):
+    # An appliance's engine is always meant to run: a stopped one is brought back too (to keep it
+    # down for maintenance, stop neuraldrive-healthcheck.timer first).
+    if state in ("activating", "reloading", "deactivating"):
         return Finding("warning", f"{ENGINE_UNIT} is {state}; not restarting it mid-start")
     if state == "failed":
         # A unit that hit its start limit refuses a plain restart until this.
@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                     f"{STATE_DIR} (NEURALDRIVE_HEALTH_DISK_WARN_PERCENT). Exit 0 healthy, 1 "
                     "engine failed, 2 bad settings, 3 warnings.")
     parser.add_argument("--restart-engine", action="store_true",
-                        help=f"instead of checking, restart {ENGINE_UNIT} unless it was stopped "
-                             "on purpose (root; run by the health check's OnFailure= unit)")
+                        help=f"instead of checking, (re)start {ENGINE_UNIT} unless it is starting or "
+                             "stopping right now (root; run by the health check's OnFailure= unit)")
     parser.add_argument("--gpu-env", type=Path, default=Path(GPU_ENV), metavar="FILE",
                         help=f"GPU facts to read (default {GPU_ENV})")
     parser.add_argument("--state-dir", type=Path, default=Path(STATE_DIR), metavar="DIR",
