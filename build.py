@@ -324,6 +324,76 @@ def boot(iso_path: Path, firmware: str, media: str, persistence: Path | None, ch
             vm.stop()
 
 
+@cli.command()
+@click.option("--iso", "iso_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
+              help="The hybrid ISO to write.")
+@click.option("--device", help="Whole-disk block device to overwrite, e.g. /dev/sdb.")
+@click.option("--image", "image_path", type=click.Path(path_type=Path), help="Write a disk-image file instead.")
+@click.option("--size", default="16G", show_default=True, help="Size of the --image file.")
+@click.option("--persistence-size", default="100%", show_default=True,
+              help="Persistence partition size: a percentage of the free space or e.g. 32G.")
+@click.option("--encrypt", is_flag=True, help="LUKS2-encrypt the persistence partition.")
+@click.option("--passphrase-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Read the LUKS passphrase from this file instead of asking twice.")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Ollama models dir (manifests/ + blobs/) to preload onto the persistence partition.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def usb(iso_path: Path, device: str | None, image_path: Path | None, size: str, persistence_size: str,
+        encrypt: bool, passphrase_file: Path | None, models_dir: Path | None, yes: bool) -> None:
+    """Write an ISO to a USB stick (or --image file) and add the persistence partition after it."""
+    from builder import usb as usb_module
+
+    if (device is None) == (image_path is None):
+        raise usb_module.UsbError("give exactly one of --device /dev/sdX or --image FILE")
+    if os.geteuid() != 0:
+        raise usb_module.UsbError("writing a stick needs root (partitioning, loop devices, mkfs)")
+    iso_size = iso_path.stat().st_size
+    if device is not None:
+        disk = usb_module.inspect_disk(device)
+        usb_module.check_disk(disk, iso_size)
+        target = Path(disk.path)
+        target_size = disk.size
+        click.echo(f"About to ERASE {disk.describe()}", err=True)
+    else:
+        assert image_path is not None
+        target_size = usb_module.parse_size(size)
+        if target_size < usb_module.align_up(iso_size) + usb_module.MIN_PERSISTENCE:
+            raise usb_module.UsbError(f"--size {size}: too small for the ISO and the minimum persistence")
+        if image_path.exists() and image_path.stat().st_size and not yes:
+            raise usb_module.UsbError(f"{image_path}: exists; pass --yes to overwrite it")
+        target = image_path
+    plan = usb_module.plan_partition(target_size, iso_size, persistence_size)
+    if device is not None and not yes:
+        if not sys.stdin.isatty():
+            raise usb_module.UsbError("refusing to erase a disk without confirmation: pass --yes")
+        click.confirm(f"Write {iso_path.name} and a {plan.size >> 20} MiB persistence partition to {device}?",
+                      abort=True, err=True)
+    passphrase = None
+    if encrypt:
+        if passphrase_file is not None:
+            passphrase = passphrase_file.read_bytes().rstrip(b"\n")
+        else:
+            passphrase = click.prompt("LUKS passphrase", hide_input=True, confirmation_prompt=True,
+                                      err=True).encode()
+        if len(passphrase) < 8:
+            raise usb_module.UsbError("the LUKS passphrase must have at least 8 characters")
+    elif passphrase_file is not None:
+        raise usb_module.UsbError("--passphrase-file needs --encrypt")
+    if image_path is not None:
+        with image_path.open("wb") as handle:
+            handle.truncate(target_size)
+    try:
+        report = usb_module.write_stick(iso_path, target, plan, passphrase, models_dir)
+    except BaseException:
+        if image_path is not None:
+            image_path.unlink(missing_ok=True)  # never leave a half-written image behind
+        raise
+    click.echo(f"wrote {report.target}: {report.written_bytes >> 20} MiB at {report.write_rate / 2**20:.0f} MiB/s, "
+               f"verified in {report.verify_seconds:.1f}s; persistence {plan.size >> 20} MiB"
+               f"{' (LUKS2)' if report.encrypted else ''}; models: {len(report.models)}")
+
+
 def main() -> None:
     cli()
 

@@ -1,0 +1,352 @@
+"""Write the stick: the hybrid ISO, then a `persistence` partition after it (ext4, or LUKS2 + ext4).
+
+Safety first: the target must be a whole disk that nothing has mounted and that does not hold
+the running system, big enough for the ISO plus a minimum of persistence. The written image region
+is read back and compared with the ISO's sha256 before the partition is added. A disk-image file
+(`--image`) goes through the same steps, which is how tests exercise them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import NeuralDriveError
+from .facts import OLLAMA_UID, STATE_DIR
+from .steps import ProgressLine, download_status, format_bytes, info
+
+SECTOR = 512
+ALIGN = 1 << 20  # partitions start on MiB boundaries
+MIN_PERSISTENCE = 1 << 30
+CHUNK = 4 << 20
+# Room that in-place LUKS2 encryption takes from the end of the filesystem for its header.
+LUKS_RESERVE = 32 << 20
+PERSISTENCE_CONF = f"{STATE_DIR} bind\n"
+
+
+class UsbError(NeuralDriveError):
+    exit_code = 2
+
+
+class UsbWriteError(NeuralDriveError):
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Disk:
+    """What we know about a target block device before touching it."""
+
+    name: str  # sdb
+    path: str  # /dev/sdb
+    size: int
+    model: str = ""
+    disk_type: str = "disk"
+    mountpoints: tuple[str, ...] = ()  # of the disk and every partition on it
+    partitions: tuple[str, ...] = ()
+    holders: tuple[str, ...] = ()  # e.g. dm-0 (LVM/LUKS built on it)
+
+    def describe(self) -> str:
+        parts = ", ".join(self.partitions) or "no partitions"
+        return f"{self.path}: {self.model or 'unknown model'}, {format_bytes(self.size)}, {parts}"
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    iso_size: int
+    start: int  # bytes
+    size: int  # bytes
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+@dataclass
+class WriteReport:
+    target: str
+    iso_sha256: str
+    written_bytes: int
+    write_seconds: float
+    verify_seconds: float
+    partition: PartitionPlan | None = None
+    encrypted: bool = False
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def write_rate(self) -> float:
+        return self.written_bytes / self.write_seconds if self.write_seconds else 0.0
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([KMGT]?)(i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise UsbError(f"size {text!r}: use e.g. 16G, 512M or a byte count")
+    power = " KMGT".index(match.group(2).upper() or " ")
+    return int(match.group(1)) * 1024**power
+
+
+def lsblk(path: str) -> dict[str, object]:
+    result = subprocess.run(["lsblk", "--json", "--bytes", "-o", "NAME,PATH,SIZE,TYPE,MODEL,MOUNTPOINTS,PKNAME",
+                             path], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise UsbError(f"{path}: lsblk: {result.stderr.strip()}")
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def inspect_disk(path: str, sys_root: Path = Path("/sys"), lsblk_data: dict[str, object] | None = None) -> Disk:
+    """Read a device from /sys/class/block and `lsblk --json`; refuses anything but a whole disk."""
+    name = Path(os.path.realpath(path)).name
+    block = sys_root / "class/block" / name
+    if not block.exists():
+        raise UsbError(f"{path}: not a block device")
+    if (block / "partition").exists():
+        raise UsbError(f"{path}: is a partition; give the whole disk (e.g. /dev/sdb, not /dev/sdb1)")
+    data = lsblk_data if lsblk_data is not None else lsblk(path)
+    devices = data.get("blockdevices")
+    if not isinstance(devices, list) or not devices:
+        raise UsbError(f"{path}: lsblk reported nothing")
+    top = devices[0]
+    mounts: list[str] = []
+    partitions: list[str] = []
+
+    def walk(node: dict[str, object], depth: int) -> None:
+        mounts.extend(m for m in node.get("mountpoints") or [] if isinstance(m, str) and m)  # type: ignore[attr-defined]
+        if depth == 1:
+            partitions.append(str(node.get("name")))
+        for child in node.get("children") or []:  # type: ignore[attr-defined]
+            walk(child, depth + 1)
+
+    walk(top, 0)
+    holders = tuple(sorted(p.name for p in (block / "holders").iterdir())) if (block / "holders").is_dir() else ()
+    return Disk(name=name, path=str(top.get("path") or path), size=int(str(top.get("size"))),
+                model=str(top.get("model") or "").strip(), disk_type=str(top.get("type")),
+                mountpoints=tuple(mounts), partitions=tuple(partitions), holders=holders)
+
+
+def root_disks(mounts_file: Path = Path("/proc/self/mounts")) -> set[str]:
+    """Names of the disks behind / and every mounted filesystem that lives on a /dev node."""
+    names: set[str] = set()
+    for line in mounts_file.read_text().splitlines():
+        source = line.split()[0]
+        if source.startswith("/dev/"):
+            names.add(Path(os.path.realpath(source)).name)
+    return names
+
+
+def check_disk(disk: Disk, iso_size: int, min_persistence: int = MIN_PERSISTENCE,
+               mounted_sources: set[str] | None = None) -> None:
+    """Refuse any disk we must not overwrite. Raises UsbError naming the reason."""
+    if disk.disk_type not in ("disk",):
+        raise UsbError(f"{disk.path}: is a {disk.disk_type}, not a whole disk")
+    if disk.mountpoints:
+        raise UsbError(f"{disk.path}: has mounted filesystems ({', '.join(disk.mountpoints)}); unmount them first")
+    if disk.holders:
+        raise UsbError(f"{disk.path}: is in use by {', '.join(disk.holders)} (LVM, RAID or an open LUKS volume)")
+    # lsblk's tree already shows mounts on partitions, LVM and LUKS; /proc/mounts also catches a
+    # filesystem mounted straight from the disk or one of its partitions by another namespace's view.
+    busy = mounted_sources if mounted_sources is not None else root_disks()
+    for source in sorted(busy & {disk.name, *disk.partitions}):
+        raise UsbError(f"{disk.path}: holds a mounted filesystem ({source}), maybe the running system")
+    need = align_up(iso_size) + min_persistence
+    if disk.size < need:
+        raise UsbError(f"{disk.path}: {format_bytes(disk.size)} is too small: the ISO and the minimum persistence "
+                       f"need {format_bytes(need)}")
+
+
+def align_up(value: int, to: int = ALIGN) -> int:
+    return (value + to - 1) // to * to
+
+
+def plan_partition(target_size: int, iso_size: int, persistence: str = "100%",
+                   min_persistence: int = MIN_PERSISTENCE) -> PartitionPlan:
+    """Where the persistence partition goes: right after the ISO (MiB-aligned) up to the size asked."""
+    start = align_up(iso_size)
+    # The backup GPT (33 sectors) lives at the end of the disk.
+    available = (target_size - 34 * SECTOR) // ALIGN * ALIGN - start
+    if persistence.endswith("%"):
+        percent = int(persistence[:-1]) if persistence[:-1].isdigit() else -1
+        if not 1 <= percent <= 100:
+            raise UsbError(f"--persistence-size {persistence!r}: a percentage must be 1%-100%")
+        size = available * percent // 100 // ALIGN * ALIGN
+    else:
+        size = parse_size(persistence) // ALIGN * ALIGN
+    if size > available:
+        raise UsbError(f"--persistence-size {persistence}: only {format_bytes(available)} free after the ISO")
+    if size < min_persistence:
+        raise UsbError(f"--persistence-size {persistence}: {format_bytes(size)} is below the minimum "
+                       f"{format_bytes(min_persistence)}")
+    return PartitionPlan(iso_size=iso_size, start=start, size=size)
+
+
+def write_iso(iso: Path, target: Path) -> tuple[str, int, float]:
+    """Copy the ISO to the start of `target` with progress and fsync; returns (sha256, bytes, seconds)."""
+    size = iso.stat().st_size
+    digest = hashlib.sha256()
+    progress = ProgressLine()
+    started = time.monotonic()
+    done = 0
+    flags = os.O_WRONLY | (0 if target.is_block_device() else os.O_CREAT)
+    fd = os.open(target, flags, 0o644)
+    try:
+        with iso.open("rb") as source:
+            for block in iter(lambda: source.read(CHUNK), b""):
+                os.write(fd, block)
+                digest.update(block)
+                done += len(block)
+                progress.update(download_status(done, size, started))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    progress.update(download_status(done, size, started), force=True)
+    progress.close()
+    return digest.hexdigest(), done, time.monotonic() - started
+
+
+def read_back_sha256(target: Path, length: int) -> str:
+    """sha256 of the first `length` bytes as the device returns them (page cache dropped first)."""
+    digest = hashlib.sha256()
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_DONTNEED)
+        remaining = length
+        while remaining:
+            block = os.read(fd, min(CHUNK, remaining))
+            if not block:
+                break
+            digest.update(block)
+            remaining -= len(block)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def add_partition(target: Path, plan: PartitionPlan) -> None:
+    """Move the ISO's backup GPT to the real end of the target and append the persistence partition."""
+    relocate = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "--relocate", "gpt-bak-std",
+                               str(target)], capture_output=True, text=True, check=False)
+    if relocate.returncode != 0:
+        raise UsbWriteError(f"{target}: sfdisk --relocate: {relocate.stderr.strip()}")
+    spec = f"start={plan.start // SECTOR}, size={plan.size // SECTOR}, type=linux, name=persistence\n"
+    append = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "--append", "--wipe", "never",
+                             str(target)], input=spec, capture_output=True, text=True, check=False)
+    if append.returncode != 0:
+        raise UsbWriteError(f"{target}: sfdisk --append: {append.stderr.strip()}")
+
+
+@contextmanager
+def loop_device(target: Path, plan: PartitionPlan) -> Iterator[str]:
+    """The persistence partition as a block device (a loop over its byte range: devices and images alike)."""
+    result = subprocess.run(["losetup", "--find", "--show", "--offset", str(plan.start), "--sizelimit",
+                             str(plan.size), str(target)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise UsbWriteError(f"losetup: {result.stderr.strip()} (loop devices are needed to format the partition)")
+    device = result.stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
+
+
+def _cryptsetup(args: list[str], passphrase: bytes) -> None:
+    result = subprocess.run(["cryptsetup", *args], input=passphrase, capture_output=True, check=False)
+    if result.returncode != 0:
+        raise UsbWriteError(f"cryptsetup {args[0]}: {result.stderr.decode(errors='replace').strip()}")
+
+
+def luks_encrypt_in_place(device: str, passphrase: bytes) -> None:
+    """Turn the populated filesystem into LUKS2 (offline: no device-mapper needed on the build host)."""
+    _cryptsetup(["reencrypt", "--encrypt", "--type", "luks2", "--reduce-device-size", f"{LUKS_RESERVE >> 20}M",
+                 "--batch-mode", "--key-file", "-", device], passphrase)
+
+
+def luks_passphrase_opens(device: str, passphrase: bytes) -> bool:
+    result = subprocess.run(["cryptsetup", "open", "--test-passphrase", "--key-file", "-", device],
+                            input=passphrase, capture_output=True, check=False)
+    return result.returncode == 0
+
+
+def verify_models(models: Path) -> list[str]:
+    """Check an Ollama models dir: each blob's content matches the sha256 in its file name."""
+    blobs = models / "blobs"
+    if not (models / "manifests").is_dir() or not blobs.is_dir():
+        raise UsbError(f"--models {models}: not an Ollama models dir (needs manifests/ and blobs/)")
+    for blob in sorted(blobs.iterdir()):
+        match = re.fullmatch(r"sha256[-:]([0-9a-f]{64})", blob.name)
+        if not match:
+            raise UsbError(f"--models: {blob.name}: not a sha256-<hex> blob name")
+        digest = hashlib.sha256()
+        with blob.open("rb") as handle:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(block)
+        if digest.hexdigest() != match.group(1):
+            raise UsbError(f"--models: {blob}: content does not match its sha256 name")
+    return sorted(str(p.relative_to(models / "manifests")) for p in (models / "manifests").rglob("*") if p.is_file())
+
+
+def populate(device: str, models: Path | None, size: int) -> None:
+    """ext4 labelled `persistence` (`size` bytes) holding persistence.conf and the appliance's state tree."""
+    result = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "persistence", device, str(size // 1024)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise UsbWriteError(f"mkfs.ext4 {device}: {result.stderr.strip()}")
+    with tempfile.TemporaryDirectory(prefix="neuraldrive-usb-") as mnt:
+        subprocess.run(["mount", device, mnt], check=True)
+        try:
+            root = Path(mnt)
+            (root / "persistence.conf").write_text(PERSISTENCE_CONF)
+            state = root / STATE_DIR.lstrip("/")
+            state.mkdir(parents=True)
+            os.chmod(state, 0o755)
+            model_dir = state / "models"
+            if models is not None:
+                shutil.copytree(models / "manifests", model_dir / "manifests")
+                shutil.copytree(models / "blobs", model_dir / "blobs")
+            model_dir.mkdir(exist_ok=True)
+            for path in [model_dir, *model_dir.rglob("*")]:
+                os.chown(path, OLLAMA_UID, OLLAMA_UID)
+            os.chmod(model_dir, 0o750)
+        finally:
+            subprocess.run(["sync"], check=False)
+            subprocess.run(["umount", mnt], check=True)
+
+
+def write_stick(iso: Path, target: Path, plan: PartitionPlan, passphrase: bytes | None,
+                models: Path | None) -> WriteReport:
+    """Write, verify, partition, format, populate. Every step raises on failure."""
+    model_names = verify_models(models) if models is not None else []
+    info(f"‣ Writing {iso.name} to {target}…")
+    digest, written, seconds = write_iso(iso, target)
+    info(f"  {format_bytes(written)} in {seconds:.1f}s ({format_bytes(written / max(seconds, 1e-3))}/s)")
+    info("‣ Verifying what was written…")
+    started = time.monotonic()
+    readback = read_back_sha256(target, written)
+    verify_seconds = time.monotonic() - started
+    if readback != digest:
+        raise UsbWriteError(f"{target}: read-back sha256 {readback} differs from the ISO's {digest}")
+    info(f"  sha256 {digest} matches")
+    info(f"‣ Adding the persistence partition ({format_bytes(plan.size)}"
+         f"{', LUKS2-encrypted' if passphrase else ''})…")
+    add_partition(target, plan)
+    with loop_device(target, plan) as device:
+        if passphrase is None:
+            populate(device, models, plan.size)
+        else:
+            populate(device, models, plan.size - LUKS_RESERVE)
+            info("‣ Encrypting the persistence partition (LUKS2)…")
+            luks_encrypt_in_place(device, passphrase)
+            if not luks_passphrase_opens(device, passphrase):
+                raise UsbWriteError(f"{target}: the new LUKS2 volume does not open with the passphrase")
+    return WriteReport(target=str(target), iso_sha256=digest, written_bytes=written, write_seconds=seconds,
+                       verify_seconds=verify_seconds, partition=plan, encrypted=passphrase is not None,
+                       models=model_names)
