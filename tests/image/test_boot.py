@@ -17,6 +17,7 @@ def test_system_is_running(host: Any) -> None:
 def test_kernel_command_line(host: Any) -> None:
     cmdline = host.file("/proc/cmdline").content_string.split()
     assert "boot=live" in cmdline
+    assert "live-config.noautologin" in cmdline
     assert "persistence" in cmdline
     assert "console=ttyS0,115200" in cmdline
 

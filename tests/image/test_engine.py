@@ -55,9 +55,12 @@ def test_engine_listens_on_loopback_only(host: Any) -> None:
 
 
 def test_unit_properties_as_the_seed_says(host: Any) -> None:
-    props = dict(line.split("=", 1) for line in host.check_output(
+    lines = host.check_output(
         f"systemctl show {UNIT} -p PrivateDevices -p MemoryHigh -p MemoryMax -p EnvironmentFiles "
-        "-p Requires -p After -p User -p KillMode -p LimitMEMLOCK -p DeviceAllow -p DevicePolicy").splitlines())
+        "-p Requires -p After -p User -p KillMode -p LimitMEMLOCK -p DeviceAllow -p DevicePolicy").splitlines()
+    props = dict(line.split("=", 1) for line in lines)
+    # One EnvironmentFiles= line per file, in the unit's order.
+    env_files = [line.split("=", 1)[1] for line in lines if line.startswith("EnvironmentFiles=")]
     assert props["PrivateDevices"] == "no"
     assert props.get("DeviceAllow", "") == "" and props["DevicePolicy"] == "auto"
     assert "neuraldrive-gpu-detect.service" in props["Requires"].split()
@@ -65,10 +68,8 @@ def test_unit_properties_as_the_seed_says(host: Any) -> None:
     assert props["User"] == "neuraldrive-ollama"
     assert props["KillMode"] == "mixed"
     assert props["LimitMEMLOCK"] == "infinity"
-    env_files = props["EnvironmentFiles"]
-    assert "/etc/neuraldrive/ollama.conf (ignore_errors=no)" in env_files
-    assert "/var/lib/neuraldrive/config/ollama.conf (ignore_errors=yes)" in env_files
-    assert env_files.index("/etc/neuraldrive/ollama.conf") < env_files.index("/var/lib/neuraldrive/config/ollama.conf")
+    assert env_files[:2] == ["/etc/neuraldrive/ollama.conf (ignore_errors=no)",
+                             "/var/lib/neuraldrive/config/ollama.conf (ignore_errors=yes)"]
     total = int(host.check_output("awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo"))
     assert abs(int(props["MemoryHigh"]) - 0.90 * total) < 0.01 * total
     assert abs(int(props["MemoryMax"]) - 0.95 * total) < 0.01 * total

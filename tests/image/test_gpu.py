@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import pytest
@@ -11,7 +12,8 @@ from builder.profile import load_profile
 
 def gpu_env(host: Any) -> dict[str, str]:
     text = host.file("/run/neuraldrive/gpu.env").content_string
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    return {key: shlex.split(value)[0] if value else "" for key, value in pairs}
 
 
 def test_gpu_detect_ran_and_chose_cpu(host: Any) -> None:

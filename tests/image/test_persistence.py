@@ -19,6 +19,7 @@ def test_state_lives_on_the_persistence_partition(host: Any) -> None:
 
 def test_write_markers(host: Any, api_key: str) -> None:
     with host.sudo():
+        host.check_output(f"install -d -o neuraldrive-ollama -g neuraldrive-ollama {BLOB.rsplit('/', 1)[0]}")
         host.check_output(f"head -c 65536 /dev/urandom > {BLOB} && chown neuraldrive-ollama: {BLOB}")
         digest = host.check_output(f"sha256sum {BLOB}").split()[0]
         override = host.check_output("cat /var/lib/neuraldrive/config/ollama.conf")
