@@ -105,17 +105,19 @@ def cli() -> None:
 @artifact_options
 @click.option("--authorized-keys", type=click.Path(path_type=Path),
               help="SSH public keys for neuraldrive-admin (profile must enable SSH).")
+@click.option("--no-cache", is_flag=True,
+              help="Cold build: do not restore the cached package layer (a fresh one is saved).")
 @handle_errors
 def iso(profile_name: str, out_dir: Path, cache_dir: Path, offline: bool, verbose: bool, artifact_mirror: str | None,
         ollama_archive: str | None, ollama_sha256: str | None, allow_unofficial_artifacts: bool,
-        authorized_keys: Path | None) -> None:
+        authorized_keys: Path | None, no_cache: bool) -> None:
     """Build the bootable hybrid ISO for a profile (needs root)."""
     from builder.pipeline import build_iso
 
     steps.set_verbose(verbose)
     profile = _profile(profile_name, authorized_keys)
     options = _artifact_opts(offline, artifact_mirror, ollama_archive, ollama_sha256, allow_unofficial_artifacts)
-    outputs = build_iso(profile, out_dir, cache_dir, options)
+    outputs = build_iso(profile, out_dir, cache_dir, options, use_cache=not no_cache)
     click.echo(str(outputs.iso))
 
 
@@ -229,10 +231,11 @@ def clean(cache_dir: Path, everything: bool) -> None:
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
               help="auto uses KVM only if it really runs a guest.")
 @click.option("--offline", is_flag=True, help="Never download artifacts.")
+@click.option("--no-cache", is_flag=True, help="Build the ISO cold (no package layer from the cache).")
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir: Path, modes: str, accel: str,
-             offline: bool, verbose: bool) -> None:
+             offline: bool, no_cache: bool, verbose: bool) -> None:
     """Boot a test ISO in QEMU and check it with testinfra (tests/image).
 
     Without --iso, builds the profile's ISO first (needs root) with a per-run SSH key and the
@@ -270,7 +273,7 @@ def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir:
                                               offline=offline)
                 else:
                     options = ArtifactOptions(mirror=url, offline=offline)
-                outputs = build_iso(profile, out_dir, cache_dir, options)
+                outputs = build_iso(profile, out_dir, cache_dir, options, use_cache=not no_cache)
             iso = outputs.iso
             shutil.copyfile(key, key_for_iso(iso))
             key_for_iso(iso).chmod(0o600)

@@ -18,10 +18,7 @@ from .profile import Profile
 from .steps import ProgressLine, format_seconds, info
 
 MIN_LIVE_BUILD = "20250505"
-STAGES = ("bootstrap", "chroot", "binary")
-# live-build announces each helper as "[timestamp] lb <helper> ...": the bare stage names start a
-# stage (chroot helpers also run inside the installer stage), the rest are its steps.
-_STAGE = re.compile(r"^\[[^\]]+\] lb (bootstrap|chroot|installer|binary|source)\s*$")
+# live-build announces each helper it runs as "[timestamp] lb <helper> ...".
 _STEP = re.compile(r"^\[[^\]]+\] lb ([a-z0-9_-]+)")
 
 
@@ -90,25 +87,79 @@ def remove_build_dir(build_dir: Path) -> None:
     shutil.rmtree(build_dir)
 
 
-def run_live_build(build_dir: Path, env_extra: dict[str, str]) -> BuildRun:
-    """`lb config` then `lb build` in `build_dir`; raises LiveBuildError with the log tail."""
-    log = build_dir / "build.log"
-    run = BuildRun(log=log)
-    env = {**os.environ, **env_extra, "LC_ALL": "C.UTF-8"}
-    with log.open("w", encoding="utf-8") as handle:
-        _run_logged(["lb", "config"], build_dir, env, handle, run, "config")
-        _run_logged(["lb", "build"], build_dir, env, handle, run, None)
-    return run
+@dataclass(frozen=True)
+class Phase:
+    """A named, timed part of the build: live-build helpers run in order (what `lb chroot` runs,
+    split where the package layer is taken)."""
+
+    name: str
+    commands: tuple[tuple[str, ...], ...]
 
 
-def _run_logged(
-    cmd: list[str], cwd: Path, env: dict[str, str], handle: TextIO, run: BuildRun, fixed: str | None
-) -> None:
+_PREP_INSTALL = ("lb", "chroot_prep", "install", "all", "mode-archives-chroot")
+_PREP_REMOVE = ("lb", "chroot_prep", "remove", "all", "mode-archives-chroot")
+CONFIG = Phase("config", (("lb", "config"),))
+BOOTSTRAP = Phase("bootstrap", (("lb", "bootstrap"),))
+PACKAGES = Phase("packages", (
+    _PREP_INSTALL,
+    ("lb", "chroot_linux-image"),
+    ("lb", "chroot_firmware"),
+    ("lb", "chroot_preseed"),
+    ("lb", "chroot_includes_before_packages"),
+    ("lb", "chroot_package-lists", "install"),
+    ("lb", "chroot_install-packages", "install"),
+    ("sh", "-c", "chroot chroot dpkg-query -W > chroot.packages.install"),
+    ("lb", "chroot_package-lists", "live"),
+    ("lb", "chroot_install-packages", "live"),
+    _PREP_REMOVE,
+))
+CUSTOMIZE = Phase("customize", (
+    _PREP_INSTALL,
+    ("lb", "chroot_includes_after_packages"),
+    ("lb", "chroot_hooks"),
+    ("lb", "chroot_hacks"),
+    ("sh", "-c", "chroot chroot dpkg-query -W > chroot.packages.live"),
+    _PREP_REMOVE,
+    ("sh", "-c", "chroot chroot ls -lR > chroot.files"),
+))
+IMAGE = Phase("binary", (("lb", "installer"), ("lb", "binary"), ("lb", "source")))
+
+
+class LiveBuildRunner:
+    """Runs phases in a build dir, all output to build.log, one progress line per phase."""
+
+    def __init__(self, build_dir: Path, env_extra: dict[str, str]) -> None:
+        self.build_dir = build_dir
+        self.env = {**os.environ, **env_extra, "LC_ALL": "C.UTF-8"}
+        self.run = BuildRun(log=build_dir / "build.log")
+        self._handle = self.run.log.open("a", encoding="utf-8")
+
+    def phase(self, phase: Phase) -> None:
+        started = time.monotonic()
+        progress = ProgressLine(interval=30.0)
+        try:
+            for command in phase.commands:
+                _run_logged(list(command), self.build_dir, self.env, self._handle, phase.name, progress, started)
+        finally:
+            self._handle.flush()
+            seconds = round(time.monotonic() - started, 1)
+            self.run.stage_seconds[phase.name] = self.run.stage_seconds.get(phase.name, 0.0) + seconds
+            progress.close()
+        info(f"  {phase.name:<10} done in {format_seconds(seconds)}")
+
+    def timed(self, name: str, seconds: float) -> None:
+        self.run.stage_seconds[name] = round(seconds, 1)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], handle: TextIO, phase: str,
+                progress: ProgressLine, started: float) -> None:
     tail: deque[str] = deque(maxlen=40)
-    progress = ProgressLine(interval=30.0)
-    stage = fixed or "bootstrap"
-    step = ""
-    stage_start = time.monotonic()
+    step = cmd[1] if cmd[0] == "lb" and len(cmd) > 1 else cmd[0]
+    handle.write(f"### {phase}: {' '.join(cmd)}\n")
+    progress.update(f"{phase:<10} {step:<28} {format_seconds(time.monotonic() - started)}", force=True)
     try:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
@@ -120,17 +171,11 @@ def _run_logged(
         for line in proc.stdout:
             handle.write(line)
             tail.append(line.rstrip("\n"))
-            stage_match = _STAGE.match(line) if fixed is None else None
-            step_match = _STEP.match(line) if fixed is None else None
-            new_stage = bool(stage_match and stage_match.group(1) != stage)
-            if stage_match and new_stage:
-                _finish_stage(run, stage, stage_start, progress)
-                stage, stage_start = stage_match.group(1), time.monotonic()
+            step_match = _STEP.match(line)
             if step_match:
-                step = step_match.group(1).removeprefix(f"{stage}_")
-            # One line per stage start, then at most one every 30 s (a TTY redraws in place).
-            progress.update(f"{stage:<9} {step:<26} {format_seconds(time.monotonic() - stage_start)}",
-                            force=new_stage)
+                step = step_match.group(1)
+            # At most one line every 30 s (a TTY redraws in place).
+            progress.update(f"{phase:<10} {step:<28} {format_seconds(time.monotonic() - started)}")
         code = proc.wait()
     except BaseException:
         proc.terminate()
@@ -138,20 +183,13 @@ def _run_logged(
         raise
     finally:
         handle.flush()
-    _finish_stage(run, stage, stage_start, progress)
     if code != 0:
+        progress.close()
         raise LiveBuildError(
-            f"`{' '.join(cmd)}` failed (exit {code}) during {stage}{' ' + step if step else ''}.\n"
+            f"`{' '.join(cmd)}` failed (exit {code}) during {phase} ({step}).\n"
             + "\n".join(tail)
-            + f"\nfull log: {run.log}"
+            + f"\nfull log: {cwd / 'build.log'}"
         )
-
-
-def _finish_stage(run: BuildRun, stage: str, started: float, progress: ProgressLine) -> None:
-    seconds = round(time.monotonic() - started, 1)
-    run.stage_seconds[stage] = run.stage_seconds.get(stage, 0.0) + seconds
-    progress.close()
-    info(f"  {stage:<9} done in {format_seconds(seconds)}")
 
 
 def find_iso(build_dir: Path) -> Path:

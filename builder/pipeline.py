@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import FetchPolicy, fetch_artifact
 from .errors import UnofficialArtifactError
-from .livebuild import cache_key, check_host, find_iso, find_manifest, prepare_build_dir, run_live_build
+from .layer import layer_for, layer_key, restore_layer, save_layer
+from .lbconfig import lb_config_args
+from .livebuild import (
+    BOOTSTRAP,
+    CONFIG,
+    CUSTOMIZE,
+    IMAGE,
+    PACKAGES,
+    LiveBuildRunner,
+    cache_key,
+    check_host,
+    find_iso,
+    find_manifest,
+    prepare_build_dir,
+)
 from .lock import Artifact, resolve_artifacts
 from .profile import Profile
 from .render import StagedArtifact, render_tree
 from .report import Outputs, build_info, default_source_date_epoch, publish
-from .steps import complete_step, info
+from .steps import complete_step, format_seconds, info
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ def build_iso(
     out_dir: Path,
     cache_dir: Path,
     options: ArtifactOptions,
+    use_cache: bool = True,
 ) -> Outputs:
     lb_version = check_host(require_root=True)
     artifacts = artifacts_for(profile, options)
@@ -67,11 +83,32 @@ def build_iso(
         # live-build cannot run without its mirror; an offline build needs a local/snapshot mirror.
         info("  --offline: apt still reads the profile's mirrors (use a local mirror for air-gapped builds)")
     with complete_step(f"Running live-build (log: {build_dir / 'build.log'})") as timing:
-        run = run_live_build(build_dir, env)
+        runner = LiveBuildRunner(build_dir, env)
+        try:
+            runner.phase(CONFIG)
+            layer = layer_for(cache_dir, layer_key(lb_config_args(profile), build_dir, lb_version))
+            from_cache = use_cache and layer.exists()
+            started = time.monotonic()
+            if from_cache:
+                restore_layer(layer, build_dir)
+                runner.timed("package-layer-restore", time.monotonic() - started)
+                info(f"  packages   restored from the package layer {layer.key} "
+                     f"in {format_seconds(time.monotonic() - started)}")
+            else:
+                runner.phase(BOOTSTRAP)
+                runner.phase(PACKAGES)
+                started = time.monotonic()
+                save_layer(layer, build_dir)
+                runner.timed("package-layer-save", time.monotonic() - started)
+            runner.phase(CUSTOMIZE)
+            runner.phase(IMAGE)
+        finally:
+            runner.close()
     iso = find_iso(build_dir)
     manifest = find_manifest(build_dir)
-    stages = {**run.stage_seconds, "total": timing.get("seconds", 0.0)}
+    stages = {**runner.run.stage_seconds, "total": timing.get("seconds", 0.0)}
     details = build_info(profile, artifacts, lb_version, epoch, stages)
+    details["package_layer"] = {"key": layer.key, "from_cache": from_cache, "path": str(layer.path)}
     with complete_step("Publishing outputs"):
         outputs = publish(profile, out_dir, iso, manifest, details)
     info(f"ISO: {outputs.iso} ({os.path.getsize(outputs.iso) / 2**20:.0f} MiB)")

@@ -92,7 +92,7 @@ def parse_size(text: str) -> int:
     if not match:
         raise UsbError(f"size {text!r}: use e.g. 16G, 512M or a byte count")
     power = " KMGT".index(match.group(2).upper() or " ")
-    return int(match.group(1)) * 1024**power
+    return int(match.group(1)) * (1 << (10 * power))
 
 
 def lsblk(path: str) -> dict[str, object]:

@@ -1,0 +1,90 @@
+"""The package layer: the chroot after bootstrap + package installation (DKMS builds included),
+cached by what determines it, as mkosi's Incremental= does.
+
+Key: live-build's version, every `lb config` argument that shapes the chroot (suite, mirrors,
+areas, apt options — not boot menu or ISO labels), and the rendered package lists and
+before-packages includes. A build whose key matches restores the layer and only runs the
+includes, hooks and binary stage; a changed package list or mirror gives a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LiveBuildError
+
+# Options that only shape the binary stage: changing them must not rebuild the packages.
+_BINARY_ONLY = {"--bootappend-live", "--bootappend-live-failsafe", "--iso-volume", "--iso-application",
+                "--iso-publisher", "--hdd-label", "--image-name", "--chroot-squashfs-compression-type",
+                "--bootloaders", "--binary-image", "--checksums", "--zsync", "--memtest"}
+# Inputs inside the rendered tree that the package phase reads.
+_INPUT_DIRS = ("config/package-lists", "config/includes.chroot_before_packages", "config/preseed",
+               "config/archives", "config/apt")
+_CONTENTS = ("chroot", ".build", "chroot.packages.install")
+KEEP_LAYERS = 3
+
+
+@dataclass(frozen=True)
+class Layer:
+    key: str
+    path: Path
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+
+def layer_key(lb_args: list[str], build_dir: Path, lb_version: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"live-build {lb_version}\n".encode())
+    skip = False
+    for arg in lb_args:
+        if skip:
+            skip = False
+            continue
+        if arg in _BINARY_ONLY:
+            skip = True
+            continue
+        digest.update(arg.encode() + b"\0")
+    for name in _INPUT_DIRS:
+        base = build_dir / name
+        for path in sorted(base.rglob("*")) if base.is_dir() else []:
+            if path.is_file():
+                digest.update(str(path.relative_to(build_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def layer_for(cache_dir: Path, key: str) -> Layer:
+    return Layer(key=key, path=cache_dir / "package-layer" / f"{key}.tar.zst")
+
+
+def _tar(args: list[str], what: str) -> None:
+    result = subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", *args],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LiveBuildError(f"package layer {what} failed: {result.stderr.strip()[-500:]}")
+
+
+def save_layer(layer: Layer, build_dir: Path) -> None:
+    """Archive the package phase's result atomically (a partial file never looks like a layer)."""
+    layer.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = layer.path.with_name(f".{layer.path.name}.{os.getpid()}.tmp")
+    try:
+        _tar(["--one-file-system", "-I", "zstd -T0 -3", "-C", str(build_dir), "-cf", str(tmp), *_CONTENTS], "save")
+        os.replace(tmp, layer.path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _prune(layer.path.parent)
+
+
+def restore_layer(layer: Layer, build_dir: Path) -> None:
+    _tar(["-I", "zstd -T0", "-C", str(build_dir), "-xpf", str(layer.path)], "restore")
+
+
+def _prune(directory: Path) -> None:
+    layers = sorted(directory.glob("*.tar.zst"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in layers[KEEP_LAYERS:]:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,74 @@
+"""The package layer's key: what changes the installed packages changes it, nothing else does."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from builder.layer import layer_for, layer_key, restore_layer, save_layer
+from builder.lbconfig import lb_config_args
+from builder.profile import load_profile
+
+
+def tree(tmp_path: Path, packages: str = "caddy\n") -> Path:
+    build = tmp_path / "build"
+    (build / "config/package-lists").mkdir(parents=True, exist_ok=True)
+    (build / "config/package-lists/base.list.chroot").write_text(packages)
+    return build
+
+
+def test_same_inputs_same_key(tmp_path: Path) -> None:
+    args = lb_config_args(load_profile("cpu"))
+    assert layer_key(args, tree(tmp_path), "1:20250505") == layer_key(list(args), tree(tmp_path), "1:20250505")
+
+
+def test_package_list_mirror_area_and_live_build_change_the_key(tmp_path: Path) -> None:
+    profile = load_profile("cpu")
+    base = layer_key(lb_config_args(profile), tree(tmp_path), "1:20250505")
+    assert layer_key(lb_config_args(profile), tree(tmp_path / "b", "caddy\nvim\n"), "1:20250505") != base
+    mirrors = dataclasses.replace(profile.debian.mirrors, chroot="http://127.0.0.1:9/debian/")
+    moved = dataclasses.replace(profile, debian=dataclasses.replace(profile.debian, mirrors=mirrors))
+    assert layer_key(lb_config_args(moved), tree(tmp_path), "1:20250505") != base
+    assert layer_key(lb_config_args(load_profile("nvidia")), tree(tmp_path), "1:20250505") != base
+    assert layer_key(lb_config_args(profile), tree(tmp_path), "1:20260101") != base
+
+
+def test_boot_menu_and_labels_do_not_change_the_key(tmp_path: Path) -> None:
+    profile = load_profile("cpu")
+    base = layer_key(lb_config_args(profile), tree(tmp_path), "1:20250505")
+    relabelled = dataclasses.replace(profile, image=dataclasses.replace(
+        profile.image, volume="OTHER", version="9.9.9", hostname="elsewhere", compression="xz"))
+    assert layer_key(lb_config_args(relabelled), tree(tmp_path), "1:20250505") == base
+
+
+def test_save_and_restore_round_trip(tmp_path: Path) -> None:
+    build = tree(tmp_path)
+    (build / "chroot/etc").mkdir(parents=True)
+    (build / "chroot/etc/marker").write_text("layer\n")
+    (build / "chroot/usr/bin").mkdir(parents=True)
+    (build / "chroot/usr/bin/tool").write_text("#!/bin/sh\n")
+    (build / "chroot/usr/bin/tool").chmod(0o4755)
+    (build / ".build").mkdir()
+    (build / ".build/bootstrap").touch()
+    (build / "chroot.packages.install").write_text("caddy\t2.6.2\n")
+    layer = layer_for(tmp_path / "cache", "k1")
+    save_layer(layer, build)
+    assert layer.exists()
+    assert [p.name for p in layer.path.parent.iterdir()] == ["k1.tar.zst"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    restore_layer(layer, fresh)
+    assert (fresh / "chroot/etc/marker").read_text() == "layer\n"
+    assert (fresh / "chroot/usr/bin/tool").stat().st_mode & 0o7777 == 0o4755
+    assert (fresh / ".build/bootstrap").exists()
+    assert (fresh / "chroot.packages.install").read_text() == "caddy\t2.6.2\n"
+
+
+def test_only_the_newest_layers_are_kept(tmp_path: Path) -> None:
+    build = tree(tmp_path)
+    for name in ("chroot", ".build"):
+        (build / name).mkdir()
+    (build / "chroot.packages.install").write_text("")
+    for index in range(5):
+        save_layer(layer_for(tmp_path / "cache", f"k{index}"), build)
+    assert len(list((tmp_path / "cache/package-layer").glob("*.tar.zst"))) == 3
