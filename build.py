@@ -286,6 +286,43 @@ def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir:
 
 
 @cli.command()
+@click.option("--profile", "profile_name", default="test", show_default=True, help="Profile to measure.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/bench"), show_default=True)
+@click.option("--boot-runs", default=2, show_default=True, help="Boots per boot mode.")
+@click.option("--modes", default="bios-disk,uefi-disk", show_default=True, help="Boot modes to time.")
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def bench(profile_name: str, out_dir: Path, boot_runs: int, modes: str, verbose: bool) -> None:
+    """Measure cold and warm builds and boot-to-ready times; print a table and write bench.json.
+
+    Uses its own empty cache for the cold build (downloads everything once) and the Ollama-API
+    test double (or NEURALDRIVE_OLLAMA_ARCHIVE): bench images are measured, never shipped.
+    """
+    import tempfile
+
+    from builder.artifacts import sha256_file
+    from builder.bench import run_bench
+    from builder.guest import generate_key
+    from builder.imagetest import serve_directory, test_double_archive
+    from builder.pipeline import ArtifactOptions
+
+    steps.set_verbose(verbose)
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    profile = load_profile(profile_name)
+    with tempfile.TemporaryDirectory(prefix="neuraldrive-bench-run-") as tmp:
+        real_archive = os.environ.get("NEURALDRIVE_OLLAMA_ARCHIVE")
+        archive = Path(real_archive) if real_archive else test_double_archive(Path(tmp) / "double")
+        key = None
+        if profile.ssh.enabled:
+            key = generate_key(Path(tmp))
+            profile = _profile(profile.source, Path(f"{key}.pub"))
+        with serve_directory(archive.parent) as url:
+            options = ArtifactOptions(archive=str(archive) if real_archive else f"{url}{archive.name}",
+                                      archive_sha256=sha256_file(archive), allow_unofficial=True)
+            run_bench(profile, options, out_dir, boot_runs, key, mode_list)
+
+
+@cli.command()
 @click.option("--iso", "iso_path", type=click.Path(path_type=Path), required=True, help="The ISO to boot.")
 @click.option("--firmware", type=click.Choice(["bios", "uefi"]), default="bios", show_default=True)
 @click.option("--media", type=click.Choice(["cd", "disk"]), default="cd", show_default=True,

@@ -11,12 +11,14 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
@@ -119,6 +121,45 @@ def boot_and_wait(vm: VM, access: SshAccess, figures: BootFigures, want_gateway:
         figures.gateway_ready_s = round(
             vm.wait_until("gateway", lambda: gateway_ready(vm.forwards.gateway, key), BOOT_TIMEOUT), 1)
     return key
+
+
+_SERIAL_KEY = re.compile(r"API key:\s+(nd-[A-Za-z0-9_-]{32,})")
+
+
+def api_key_from_serial(vm: VM, timeout: float) -> str:
+    """The key as the console greeting shows it (release images have no SSH to ask)."""
+    deadline = vm.started + timeout
+    while time.monotonic() < deadline:
+        found = _SERIAL_KEY.findall(vm.serial_log.read_text(errors="replace"))
+        if found:
+            return str(found[-1])
+        if not vm.alive():
+            raise VMError(f"QEMU exited early; serial tail:\n{vm.serial_tail()}")
+        time.sleep(1)
+    raise VMError(f"no API key on the serial console within {timeout:.0f}s; tail:\n{vm.serial_tail()}")
+
+
+def measure_boot(spec: BootSpec, key: Path | None, workdir: Path) -> BootFigures:
+    """One boot, timed from QEMU start: login prompt, SSH (if the image has it), gateway ready."""
+    figures = BootFigures(mode=f"{spec.firmware}-{spec.media}")
+    vm = VM(spec, workdir)
+    access = write_ssh_config(workdir, key, vm.forwards.ssh) if key is not None else None
+    try:
+        vm.start()
+        figures.accel = vm.accel
+        figures.login_prompt_s = round(vm.wait_for_serial("login:", BOOT_TIMEOUT), 1)
+        if access is not None:
+            figures.ssh_s = round(vm.wait_until("SSH", lambda: ssh_answers(access), BOOT_TIMEOUT), 1)
+            api_key = ssh(access, "sudo cat /var/lib/neuraldrive/secrets/api-key").stdout.strip()
+        else:
+            api_key = api_key_from_serial(vm, BOOT_TIMEOUT)
+        figures.gateway_ready_s = round(
+            vm.wait_until("gateway", lambda: gateway_ready(vm.forwards.gateway, api_key), BOOT_TIMEOUT, 1.0), 1)
+    finally:
+        if access is not None:
+            close_master(access)
+        vm.stop()
+    return figures
 
 
 def poweroff(vm: VM, access: SshAccess) -> None:

@@ -69,6 +69,7 @@ def build_iso(
     cache_dir: Path,
     options: ArtifactOptions,
     use_cache: bool = True,
+    source_root: Path | None = None,
 ) -> Outputs:
     lb_version = check_host(require_root=True)
     artifacts = artifacts_for(profile, options)
@@ -77,7 +78,10 @@ def build_iso(
     build_dir = cache_dir / "work" / profile.name
     with complete_step(f"Rendering the live-build tree for profile {profile.name}"):
         prepare_build_dir(build_dir, cache_dir / "live-build" / cache_key(profile))
-        render_tree(profile, build_dir, staged)
+        if source_root is None:
+            render_tree(profile, build_dir, staged)
+        else:
+            render_tree(profile, build_dir, staged, source_root=source_root)
     env = {"SOURCE_DATE_EPOCH": str(epoch)}
     if options.offline:
         # live-build cannot run without its mirror; an offline build needs a local/snapshot mirror.
@@ -100,6 +104,7 @@ def build_iso(
                 started = time.monotonic()
                 save_layer(layer, build_dir)
                 runner.timed("package-layer-save", time.monotonic() - started)
+                info(f"  packages   saved as package layer {layer.key} in {format_seconds(time.monotonic() - started)}")
             runner.phase(CUSTOMIZE)
             runner.phase(IMAGE)
         finally:

@@ -35,7 +35,7 @@ def served_double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     httpd.shutdown()
 
 
-@pytest.mark.parametrize("command", ["iso", "tree", "fetch", "lock", "clean", "test", "boot"])
+@pytest.mark.parametrize("command", ["iso", "tree", "fetch", "lock", "clean", "test", "boot", "usb", "bench"])
 def test_every_command_has_help(command: str) -> None:
     result = run(command, "--help")
     assert result.exit_code == 0, result.output

@@ -1,0 +1,116 @@
+"""The build driver around live-build, with a stand-in `lb` that records its calls: phase order,
+the package layer (cold, warm, --no-cache, invalidation), failures (log tail, no ISO left behind).
+The real live-build runs in the image tests (`build.py test`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from builder import pipeline
+from builder.errors import LiveBuildError
+from builder.pipeline import ArtifactOptions, build_iso
+from builder.profile import load_profile
+from builder.report import output_names
+from tests.fixtures.ollama_double.package import build_archive
+
+FAKE_LB = r"""#!/bin/sh
+# Stand-in for live-build: records each call, makes the files later phases read.
+echo "$*" >> "$CALLS"
+echo "[2026-01-01 00:00:00] lb $*"
+case "$1" in
+    bootstrap) mkdir -p chroot/etc .build; touch .build/bootstrap; echo base > chroot/etc/base ;;
+    chroot_install-packages) echo "$2" >> chroot/etc/installed ;;
+    chroot_hooks)
+        if [ "$FAIL_AT" = chroot_hooks ]; then
+            i=0; while [ $i -lt 60 ]; do echo "hook output line $i"; i=$((i + 1)); done
+            echo "E: config/hooks/live/04-enable-units.hook.chroot failed"; exit 1
+        fi ;;
+    binary) echo iso > neuraldrive-amd64.hybrid.iso; printf 'caddy\t2.6.2\n' > neuraldrive-amd64.packages ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_live_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "lb").write_text(FAKE_LB)
+    (bin_dir / "chroot").write_text("#!/bin/sh\necho \"fake $*\"\n")
+    for tool in ("lb", "chroot"):
+        (bin_dir / tool).chmod(0o755)
+    calls = tmp_path / "calls.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("CALLS", str(calls))
+    monkeypatch.setattr(pipeline, "check_host", lambda require_root=True: "1:20250505+deb13u1")
+    return calls
+
+
+@pytest.fixture
+def options(tmp_path_factory: pytest.TempPathFactory) -> ArtifactOptions:
+    archive = build_archive(tmp_path_factory.mktemp("double"))
+    return ArtifactOptions(archive=str(archive), offline=True)
+
+
+def calls(log: Path) -> list[str]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return lines
+
+
+def test_cold_then_warm_build(fake_live_build: Path, options: ArtifactOptions, tmp_path: Path) -> None:
+    profile = load_profile("test")
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    outputs = build_iso(profile, out, cache, options)
+    cold = calls(fake_live_build)
+    assert cold[:3] == ["config", "bootstrap", "chroot_prep install all mode-archives-chroot"]
+    assert cold.index("chroot_install-packages live") < cold.index("chroot_includes_after_packages")
+    assert cold[-3:] == ["installer", "binary", "source"]
+    info = json.loads(outputs.build_info.read_text())
+    assert info["package_layer"]["from_cache"] is False
+    assert Path(info["package_layer"]["path"]).is_file()
+    assert set(info["stage_seconds"]) >= {"config", "bootstrap", "packages", "customize", "binary", "total"}
+    assert outputs.iso.read_text() == "iso\n"
+    assert outputs.sha256.read_text().split() == [info["iso"]["sha256"], outputs.iso.name]
+    assert info["artifacts"][0]["sha256"] == profile.ollama.archive.sha256  # type: ignore[union-attr]
+
+    warm = build_iso(profile, out, cache, options)
+    warm_calls = calls(fake_live_build)
+    assert "bootstrap" not in warm_calls
+    assert not [c for c in warm_calls if c.startswith("chroot_install-packages")]
+    assert "chroot_hooks" in warm_calls and "binary" in warm_calls
+    warm_info = json.loads(warm.build_info.read_text())
+    assert warm_info["package_layer"] == {**info["package_layer"], "from_cache": True}
+
+    build_iso(profile, out, cache, options, use_cache=False)
+    assert "bootstrap" in calls(fake_live_build)
+
+
+def test_changed_package_list_misses_the_layer(fake_live_build: Path, options: ArtifactOptions,
+                                               tmp_path: Path) -> None:
+    import dataclasses
+
+    profile = load_profile("test")
+    build_iso(profile, tmp_path / "out", tmp_path / "cache", options)
+    calls(fake_live_build)
+    more = dataclasses.replace(profile, packages=("htop",))
+    outputs = build_iso(more, tmp_path / "out", tmp_path / "cache", options)
+    assert "chroot_install-packages install" in calls(fake_live_build)
+    assert json.loads(outputs.build_info.read_text())["package_layer"]["from_cache"] is False
+
+
+def test_failure_shows_the_log_tail_and_leaves_no_iso(fake_live_build: Path, options: ArtifactOptions,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAIL_AT", "chroot_hooks")
+    profile = load_profile("test")
+    with pytest.raises(LiveBuildError) as err:
+        build_iso(profile, tmp_path / "out", tmp_path / "cache", options)
+    message = str(err.value)
+    assert "`lb chroot_hooks` failed (exit 1) during customize" in message
+    assert "04-enable-units.hook.chroot failed" in message
+    assert "hook output line 59" in message and "hook output line 10\n" not in message  # the last 40 lines
+    assert f"full log: {tmp_path / 'cache/work/test/build.log'}" in message
+    assert not output_names(profile, tmp_path / "out").iso.exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
