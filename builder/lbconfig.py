@@ -18,6 +18,9 @@ def boot_append(profile: Profile) -> str:
             "live-config.nocomponents",
             "live-config.noautologin",
             "persistence",
+            # The persistence partition is on the boot stick, whose drivers are already loaded:
+            # skip live-boot's USB re-scan (udevadm trigger + up to 5 s of sleeps).
+            "quickusbmodules",
             # The last console is /dev/console: systemd's status lines go to the serial port, where
             # boot failures are visible to headless installs and to the QEMU harness.
             "console=tty0",
