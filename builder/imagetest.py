@@ -194,6 +194,7 @@ def run_image_tests(
     modes: list[str],
     out_dir: Path,
     accel: str,
+    stick: bool = True,
 ) -> Summary:
     summary = Summary(iso=str(iso))
     workdir = Path(tempfile.mkdtemp(prefix="neuraldrive-test-"))
@@ -243,6 +244,8 @@ def run_image_tests(
             finally:
                 close_master(access)
                 vm.stop()
+        if stick:
+            run_stick_tests(profile, iso, key, workdir, summary)
         ok = summary.ok
     except VMError as exc:
         summary.errors.append(str(exc))
@@ -261,6 +264,94 @@ def run_image_tests(
             info(f"serial logs and test reports kept in {kept}")
         shutil.rmtree(workdir, ignore_errors=True)
     return summary
+
+
+STICK_PASSPHRASE = "neuraldrive image test"
+MARKER = "/var/lib/neuraldrive/config/stick-marker"
+
+
+def _write_test_stick(iso: Path, image: Path, encrypt: bool) -> None:
+    from .usb import parse_size, plan_partition, write_stick
+
+    size = parse_size("3G")
+    with image.open("wb") as handle:
+        handle.truncate(size)
+    plan = plan_partition(size, iso.stat().st_size, "100%")
+    write_stick(iso, image, plan, STICK_PASSPHRASE.encode() if encrypt else None, None)
+
+
+def _persistence_source(access: SshAccess) -> str:
+    """The block device under /var/lib/neuraldrive and its label (or LUKS mapping)."""
+    result = ssh(access, "findmnt -n -o SOURCE -T /var/lib/neuraldrive | sed 's/\\[.*//' | "
+                         "xargs -r lsblk -n -o NAME,LABEL,TYPE")
+    return result.stdout.strip()
+
+
+def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summary: Summary) -> None:
+    """`build.py usb --image` output booted as a disk: persistence survives BIOS → UEFI reboot;
+    an encrypted stick is unlocked with its passphrase typed on the serial console."""
+    plain = workdir / "stick.img"
+    with complete_step("Writing a test stick image (build.py usb --image)"):
+        _write_test_stick(iso, plain, encrypt=False)
+    marker = ""
+    for firmware in ("bios", "uefi"):
+        figures = BootFigures(mode=f"{firmware}-stick")
+        summary.boots.append(figures)
+        vm = VM(BootSpec(iso=plain, firmware=firmware, media="disk", writable_disk=True,
+                         gateway_guest_port=profile.gateway.port), workdir, name=f"{firmware}-stick")
+        access = write_ssh_config(workdir, key, vm.forwards.ssh)
+        try:
+            with complete_step(f"Booting the stick image ({firmware})"):
+                vm.start()
+                boot_and_wait(vm, access, figures, want_gateway=True)
+            source = _persistence_source(access)
+            if "persistence" not in source:
+                summary.errors.append(f"{firmware}-stick: /var/lib/neuraldrive is not on the persistence "
+                                      f"partition ({source or 'unknown'})")
+            if not marker:
+                marker = f"written on the {firmware} boot at {time.time():.0f}"
+                wrote = ssh(access, f"echo '{marker}' | sudo tee {MARKER} >/dev/null && sync && sudo cat {MARKER}")
+                if wrote.stdout.strip() != marker:
+                    summary.errors.append(f"{firmware}-stick: could not write {MARKER}: {wrote.stderr.strip()}")
+            else:
+                found = ssh(access, f"sudo cat {MARKER}").stdout.strip()
+                if found != marker:
+                    mounts = ssh(access, "findmnt -n -T /var/lib/neuraldrive; ls -la /var/lib/neuraldrive/config")
+                    summary.errors.append(f"{firmware}-stick: marker from the previous boot is {found!r}, "
+                                          f"expected {marker!r} ({mounts.stdout.strip()})")
+                else:
+                    summary.passed += 1
+            if figures.failed_units:
+                summary.errors.append(f"{firmware}-stick: failed units {figures.failed_units}")
+            poweroff(vm, access)
+        finally:
+            close_master(access)
+            vm.stop()
+    encrypted = workdir / "stick-luks.img"
+    with complete_step("Writing an encrypted test stick image (build.py usb --image --encrypt)"):
+        _write_test_stick(iso, encrypted, encrypt=True)
+    figures = BootFigures(mode="bios-stick-luks")
+    summary.boots.append(figures)
+    append = ("boot=live live-config.nocomponents live-config.noautologin persistence "
+              "persistence-encryption=luks quickusbmodules console=ttyS0,115200")
+    vm = VM(BootSpec(iso=encrypted, media="disk", writable_disk=True, kernel_append=append,
+                     gateway_guest_port=profile.gateway.port), workdir, name="luks-stick")
+    access = write_ssh_config(workdir, key, vm.forwards.ssh)
+    try:
+        with complete_step("Booting the encrypted stick, typing the passphrase on the serial console"):
+            vm.start()
+            vm.wait_for_serial("Please unlock disk", BOOT_TIMEOUT)
+            vm.type_on_serial(STICK_PASSPHRASE + "\n")
+            boot_and_wait(vm, access, figures, want_gateway=True)
+        source = _persistence_source(access)
+        if "crypt" not in source:
+            summary.errors.append(f"encrypted stick: /var/lib/neuraldrive is not on the unlocked LUKS volume "
+                                  f"({source or 'unknown'})")
+        else:
+            summary.passed += 1
+    finally:
+        close_master(access)
+        vm.stop()
 
 
 def print_summary(summary: Summary) -> None:

@@ -47,6 +47,12 @@ class BootSpec:
     persistence_disk: Path | None = None
     gateway_guest_port: int = 8443
     accel: str = "auto"  # auto | kvm | tcg
+    # A written stick image: boot it as the disk itself (raw, writable), so what the guest
+    # persists is still there on the next boot.
+    writable_disk: bool = False
+    # Boot the ISO's kernel and initrd directly with this command line (skips the boot menu,
+    # e.g. to pick the encrypted-persistence options).
+    kernel_append: str | None = None
 
 
 @dataclass
@@ -114,7 +120,7 @@ def make_persistence_disk(path: Path, size: str = "2G", conf: str = "/var/lib/ne
 class VM:
     """One QEMU guest. Use as a context manager so it is always killed."""
 
-    def __init__(self, spec: BootSpec, workdir: Path) -> None:
+    def __init__(self, spec: BootSpec, workdir: Path, name: str | None = None) -> None:
         if spec.firmware not in FIRMWARES or spec.media not in MEDIA:
             raise VMError(f"boot mode {spec.firmware}-{spec.media}: use bios|uefi and cd|disk")
         if not spec.iso.is_file():
@@ -127,7 +133,9 @@ class VM:
         self.spec = spec
         self.workdir = workdir
         self.forwards = Forwards()
-        self.serial_log = workdir / f"serial-{spec.firmware}-{spec.media}.log"
+        name = name or f"{spec.firmware}-{spec.media}"
+        self.serial_log = workdir / f"serial-{name}.log"
+        self.serial_socket = workdir / f"serial-{name}.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.accel = "tcg"
@@ -142,7 +150,9 @@ class VM:
         cmd = [
             "qemu-system-x86_64", "-accel", self.accel, "-machine", "q35", "-smp", str(s.cpus),
             "-m", str(s.memory_mib), "-display", "none", "-monitor", "none", "-no-reboot",
-            "-serial", f"file:{self.serial_log}",
+            # A socket, so the harness can type (a LUKS passphrase); everything is logged to the file.
+            "-chardev", f"socket,id=ser0,path={self.serial_socket},server=on,wait=off,logfile={self.serial_log}",
+            "-serial", "chardev:ser0",
             "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
             "-device", "virtio-rng-pci",
         ]
@@ -151,7 +161,16 @@ class VM:
             shutil.copyfile(OVMF_VARS, vars_copy)
             cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
-        if s.media == "cd":
+        if s.kernel_append is not None:
+            kernel = extract_from_iso(s.iso, iso_kernel_path(s.iso), self.workdir / "vmlinuz")
+            initrd = extract_from_iso(s.iso, iso_kernel_path(s.iso).replace("vmlinuz", "initrd.img"),
+                                      self.workdir / "initrd.img")
+            cmd += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", s.kernel_append]
+        boot_index = "" if s.kernel_append is not None else ",bootindex=0"
+        if s.media == "disk" and s.writable_disk:
+            cmd += ["-drive", f"file={s.iso},format=raw,if=none,id=disk0",
+                    "-device", f"virtio-blk-pci,drive=disk0{boot_index}"]
+        elif s.media == "cd":
             cmd += ["-drive", f"file={s.iso},media=cdrom,readonly=on,if=none,id=cd0",
                     "-device", "ide-cd,drive=cd0,bootindex=0"]
         else:
@@ -169,6 +188,7 @@ class VM:
         if self.spec.accel == "kvm" or (self.spec.accel == "auto" and self._kvm_probe()):
             self.accel = "kvm"
         self.serial_log.write_bytes(b"")
+        self.serial_socket.unlink(missing_ok=True)
         cmd = self.command()
         debug(" ".join(cmd))
         self.started = time.monotonic()
@@ -182,6 +202,12 @@ class VM:
             return False
         kernel = extract_from_iso(self.spec.iso, iso_kernel_path(self.spec.iso), self.workdir / "vmlinuz")
         return kvm_works(kernel)
+
+    def type_on_serial(self, text: str) -> None:
+        """Send keystrokes to the guest's serial console."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(self.serial_socket))
+            sock.sendall(text.encode())
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
