@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -233,11 +234,13 @@ def clean(cache_dir: Path, everything: bool) -> None:
 @click.option("--offline", is_flag=True, help="Never download artifacts.")
 @click.option("--no-cache", is_flag=True, help="Build the ISO cold (no package layer from the cache).")
 @click.option("--stick/--no-stick", default=True, show_default=True,
-              help="Also write stick images (plain and LUKS) with `usb --image` and boot them (root).")
+              help="Also write a stick image with `usb --image` and boot it, BIOS then UEFI (root).")
+@click.option("--stick-luks", is_flag=True,
+              help="Also boot a LUKS stick, typing its passphrase on the serial console (not working yet).")
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir: Path, modes: str, accel: str,
-             offline: bool, no_cache: bool, stick: bool, verbose: bool) -> None:
+             offline: bool, no_cache: bool, stick: bool, stick_luks: bool, verbose: bool) -> None:
     """Boot a test ISO in QEMU and check it with testinfra (tests/image).
 
     Without --iso, builds the profile's ISO first (needs root) with a per-run SSH key and the
@@ -283,7 +286,8 @@ def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir:
             iso = iso_path
             if not key_for_iso(iso).is_file():
                 raise VMError(f"{iso}: no {key_for_iso(iso).name} beside it: test only ISOs built by `build.py test`")
-        summary = run_image_tests(profile, iso, key_for_iso(iso), archive, mode_list, out_dir, accel, stick)
+        summary = run_image_tests(profile, iso, key_for_iso(iso), archive, mode_list, out_dir, accel, stick,
+                                  stick_luks)
     sys.exit(0 if summary.ok else 1)
 
 
@@ -436,7 +440,13 @@ def usb(iso_path: Path, device: str | None, image_path: Path | None, size: str, 
                f"{' (LUKS2)' if report.encrypted else ''}; models: {len(report.models)}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (CI timeouts, `kill`) unwinds like Ctrl-C: every VM and temp dir is cleaned up.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli()
 
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -208,6 +209,23 @@ class VM:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(str(self.serial_socket))
             sock.sendall(text.encode())
+
+    def answer_prompts(self, prompt: str, answer: str) -> threading.Event:
+        """Type `answer` each time a new `prompt` shows on the serial console (live-boot asks for a
+        LUKS passphrase once per probe) until the returned event is set."""
+        done = threading.Event()
+
+        def watch() -> None:
+            answered = 0
+            while not done.is_set() and self.alive():
+                seen = self.serial_log.read_text(errors="replace").count(prompt)
+                if seen > answered:
+                    self.type_on_serial(answer)
+                    answered = seen
+                done.wait(0.5)
+
+        threading.Thread(target=watch, daemon=True).start()
+        return done
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
