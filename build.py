@@ -233,8 +233,9 @@ def clean(cache_dir: Path, everything: bool) -> None:
               help="auto uses KVM only if it really runs a guest.")
 @click.option("--offline", is_flag=True, help="Never download artifacts.")
 @click.option("--no-cache", is_flag=True, help="Build the ISO cold (no package layer from the cache).")
-@click.option("--stick/--no-stick", default=True, show_default=True,
-              help="Also write a stick image with `usb --image` and boot it, BIOS then UEFI (root).")
+@click.option("--stick/--no-stick", default=False, show_default=True,
+              help="Also write a stick image with `usb --image` and boot it, BIOS then UEFI (root). Off by "
+                   "default: live-boot does not yet pick up the persistence partition on the boot stick.")
 @click.option("--stick-luks", is_flag=True,
               help="Also boot a LUKS stick, typing its passphrase on the serial console (not working yet).")
 @click.option("-v", "--verbose", is_flag=True)

@@ -194,7 +194,7 @@ def run_image_tests(
     modes: list[str],
     out_dir: Path,
     accel: str,
-    stick: bool = True,
+    stick: bool = False,
     stick_luks: bool = False,
 ) -> Summary:
     summary = Summary(iso=str(iso))
