@@ -384,8 +384,3 @@ def authorized_keys_path(p: Profile) -> Path | None:
     if p.ssh.authorized_keys is None:
         return None
     return (Path(p.source).parent / p.ssh.authorized_keys).resolve()
-
-
-def with_overrides(p: Profile, **changes: Any) -> Profile:
-    """A copy with top-level fields replaced (used by the test harness for per-run SSH keys)."""
-    return dataclasses.replace(p, **changes)
