@@ -348,7 +348,7 @@ def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summa
     try:
         with complete_step("Booting the encrypted stick, typing the passphrase on the serial console"):
             vm.start()
-            typing = vm.answer_prompts("Please unlock disk", STICK_PASSPHRASE + "\n")
+            typing = vm.answer_prompts("Please unlock disk", STICK_PASSPHRASE + "\r")
             try:
                 vm.wait_for_serial("Please unlock disk", BOOT_TIMEOUT)
                 boot_and_wait(vm, access, figures, want_gateway=True)

@@ -75,12 +75,24 @@ def prepare_build_dir(build_dir: Path, lb_cache: Path) -> None:
     (build_dir / "cache").symlink_to(lb_cache)
 
 
-def remove_build_dir(build_dir: Path) -> None:
-    chroot = (build_dir / "chroot").resolve()
+def mounts_below(directory: Path) -> list[str]:
+    """Mount points inside `directory`, deepest first (/proc/self/mounts escapes spaces as \\040)."""
+    prefix = str(directory.resolve()) + "/"
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
-        held = [line.split()[1] for line in mounts if line.split()[1].startswith(str(chroot) + "/")]
-    for mount in sorted(held, reverse=True):
-        subprocess.run(["umount", "-l", mount], check=False)
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    return sorted((p for p in points if p.startswith(prefix)), reverse=True)
+
+
+def release_mounts(build_dir: Path) -> None:
+    """Unmount what a failed or interrupted live-build helper left mounted in the chroot (/proc,
+    /sys, /dev/pts, the config bind mount): nothing of the host stays reachable through the build
+    dir, and deleting it later cannot descend into /proc or the host's file system."""
+    for mount in mounts_below(build_dir):
+        subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+
+
+def remove_build_dir(build_dir: Path) -> None:
+    release_mounts(build_dir)
     cache = build_dir / "cache"
     if cache.is_symlink():
         cache.unlink()  # never follow it: it is the shared cache

@@ -23,6 +23,7 @@ from .livebuild import (
     find_iso,
     find_manifest,
     prepare_build_dir,
+    release_mounts,
 )
 from .lock import Artifact, resolve_artifacts
 from .profile import Profile
@@ -107,6 +108,9 @@ def build_iso(
                 info(f"  packages   saved as package layer {layer.key} in {format_seconds(time.monotonic() - started)}")
             runner.phase(CUSTOMIZE)
             runner.phase(IMAGE)
+        except BaseException:
+            release_mounts(build_dir)  # the build dir stays for its log; nothing stays mounted
+            raise
         finally:
             runner.close()
     iso = find_iso(build_dir)

@@ -2,6 +2,7 @@
 
 Top-level dir           lands in (inside the build dir)
 hooks/                  config/hooks/live/
+hooks.normal/           config/hooks/normal/        (replaces live-build's stock hook of the same name)
 includes.chroot/        config/includes.chroot_after_packages/
 packages.lists/         config/package-lists/       (gpu-<vendor>.* only for the profile's vendors)
 bootloaders/            config/bootloaders/
@@ -31,6 +32,7 @@ from .profile import Profile, authorized_keys_path
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {
     "hooks": "config/hooks/live",
+    "hooks.normal": "config/hooks/normal",
     "includes.chroot": "config/includes.chroot_after_packages",
     "packages.lists": "config/package-lists",
     "bootloaders": "config/bootloaders",

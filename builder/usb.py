@@ -32,6 +32,9 @@ CHUNK = 4 << 20
 # Room that in-place LUKS2 encryption takes from the end of the filesystem for its header.
 LUKS_RESERVE = 32 << 20
 PERSISTENCE_CONF = f"{STATE_DIR} bind\n"
+ESP_GPT_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+MBR_ENTRIES = 446  # offset of the four 16-byte partition entries; the boot code before them stays
+GPT_BACKUP_SECTORS = 33
 
 
 class UsbError(NeuralDriveError):
@@ -172,8 +175,8 @@ def plan_partition(target_size: int, iso_size: int, persistence: str = "100%",
                    min_persistence: int = MIN_PERSISTENCE) -> PartitionPlan:
     """Where the persistence partition goes: right after the ISO (MiB-aligned) up to the size asked."""
     start = align_up(iso_size)
-    # The backup GPT (33 sectors) lives at the end of the disk.
-    available = (target_size - 34 * SECTOR) // ALIGN * ALIGN - start
+    # The last sectors stay clear: write_partition_table wipes any backup GPT there.
+    available = (target_size - (GPT_BACKUP_SECTORS + 1) * SECTOR) // ALIGN * ALIGN - start
     if persistence.endswith("%"):
         percent = int(persistence[:-1]) if persistence[:-1].isdigit() else -1
         if not 1 <= percent <= 100:
@@ -231,17 +234,63 @@ def read_back_sha256(target: Path, length: int) -> str:
     return digest.hexdigest()
 
 
-def add_partition(target: Path, plan: PartitionPlan) -> None:
-    """Move the ISO's backup GPT to the real end of the target and append the persistence partition."""
-    relocate = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "--relocate", "gpt-bak-std",
-                               str(target)], capture_output=True, text=True, check=False)
-    if relocate.returncode != 0:
-        raise UsbWriteError(f"{target}: sfdisk --relocate: {relocate.stderr.strip()}")
-    spec = f"start={plan.start // SECTOR}, size={plan.size // SECTOR}, type=linux, name=persistence\n"
-    append = subprocess.run(["sfdisk", "--no-reread", "--no-tell-kernel", "--append", "--wipe", "never",
-                             str(target)], input=spec, capture_output=True, text=True, check=False)
-    if append.returncode != 0:
-        raise UsbWriteError(f"{target}: sfdisk --append: {append.stderr.strip()}")
+def esp_extent(target: Path) -> tuple[int, int]:
+    """(start, size) in sectors of the EFI system partition the ISO's GPT points at."""
+    result = subprocess.run(["sfdisk", "--json", str(target)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise UsbWriteError(f"{target}: cannot read the ISO's partition table: {result.stderr.strip()}")
+    table = json.loads(result.stdout)["partitiontable"]
+    for part in table.get("partitions", []):
+        if str(part.get("type", "")).upper() == ESP_GPT_TYPE:
+            return int(part["start"]), int(part["size"])
+    raise UsbWriteError(f"{target}: the ISO has no EFI system partition in its GPT (not a hybrid ISO?)")
+
+
+def _chs(lba: int) -> bytes:
+    """CHS address for an MBR entry (255 heads, 63 sectors); past 1023 cylinders the 'use LBA' maximum."""
+    cylinder, rest = divmod(lba, 255 * 63)
+    if cylinder > 1023:
+        return bytes((254, 0xFF, 0xFF))
+    head, sector = divmod(rest, 63)
+    return bytes((head, ((cylinder >> 2) & 0xC0) | (sector + 1), cylinder & 0xFF))
+
+
+def mbr_entry(bootable: bool, kind: int, start: int, sectors: int) -> bytes:
+    return (bytes((0x80 if bootable else 0,)) + _chs(start) + bytes((kind,)) + _chs(start + sectors - 1)
+            + start.to_bytes(4, "little") + sectors.to_bytes(4, "little"))
+
+
+def write_partition_table(target: Path, plan: PartitionPlan) -> None:
+    """Give the stick the layout Debian's own hybrid images have: an MBR whose partition 1 starts at
+    sector 0 and spans the ISO 9660 file system, partition 2 the EFI image, partition 3 persistence.
+
+    Why not keep the ISO's GPT and append to it: there no partition holds the ISO file system, so
+    live-boot mounts the whole disk as its medium, and the kernel then refuses to mount any partition
+    of that disk (the whole device is claimed), persistence included. With partition 1 as the medium,
+    partition 3 mounts. The GPT headers are wiped so firmware and kernel read the MBR.
+    """
+    esp_start, esp_size = esp_extent(target)
+    iso_sectors = -(-plan.iso_size // SECTOR)
+    entries = (mbr_entry(True, 0x00, 0, iso_sectors) + mbr_entry(False, 0xEF, esp_start, esp_size)
+               + mbr_entry(False, 0x83, plan.start // SECTOR, plan.size // SECTOR) + bytes(16))
+    total = target.stat().st_size if not target.is_block_device() else _device_size(target)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        os.pwrite(fd, entries + b"\x55\xaa", MBR_ENTRIES)
+        os.pwrite(fd, bytes(SECTOR), SECTOR)  # primary GPT header
+        # Whatever GPT backup the stick had at its end (ours, or from an earlier life).
+        os.pwrite(fd, bytes(GPT_BACKUP_SECTORS * SECTOR), total - GPT_BACKUP_SECTORS * SECTOR)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _device_size(device: Path) -> int:
+    fd = os.open(device, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -341,7 +390,7 @@ def write_stick(iso: Path, target: Path, plan: PartitionPlan, passphrase: bytes 
     info(f"  sha256 {digest} matches")
     info(f"‣ Adding the persistence partition ({format_bytes(plan.size)}"
          f"{', LUKS2-encrypted' if passphrase else ''})…")
-    add_partition(target, plan)
+    write_partition_table(target, plan)
     with loop_device(target, plan) as device:
         if passphrase is None:
             populate(device, models, plan.size)

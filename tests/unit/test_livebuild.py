@@ -5,12 +5,14 @@ The real live-build runs in the image tests (`build.py test`)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from builder import pipeline
 from builder.errors import LiveBuildError
+from builder.livebuild import mounts_below, release_mounts
 from builder.pipeline import ArtifactOptions, build_iso
 from builder.profile import load_profile
 from builder.report import output_names
@@ -25,6 +27,8 @@ case "$1" in
     chroot_install-packages) echo "$2" >> chroot/etc/installed ;;
     chroot_hooks)
         if [ "$FAIL_AT" = chroot_hooks ]; then
+            # like lb: /proc is mounted in the chroot when the hook fails
+            if [ -n "$MOUNT_PROC" ]; then mkdir -p chroot/proc && mount -t tmpfs fake-proc chroot/proc; fi
             i=0; while [ $i -lt 60 ]; do echo "hook output line $i"; i=$((i + 1)); done
             echo "E: config/hooks/live/04-enable-units.hook.chroot failed"; exit 1
         fi ;;
@@ -114,3 +118,18 @@ def test_failure_shows_the_log_tail_and_leaves_no_iso(fake_live_build: Path, opt
     assert f"full log: {tmp_path / 'cache/work/test/build.log'}" in message
     assert not output_names(profile, tmp_path / "out").iso.exists()
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_failure_leaves_nothing_mounted_in_the_chroot(fake_live_build: Path, options: ArtifactOptions,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAIL_AT", "chroot_hooks")
+    monkeypatch.setenv("MOUNT_PROC", "1")
+    build_dir = tmp_path / "cache/work/test"
+    try:
+        with pytest.raises(LiveBuildError):
+            build_iso(load_profile("test"), tmp_path / "out", tmp_path / "cache", options)
+        assert (build_dir / "build.log").is_file()  # kept for the user to read
+        assert mounts_below(build_dir) == []
+    finally:
+        release_mounts(build_dir)

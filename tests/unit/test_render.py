@@ -14,7 +14,7 @@ import pytest
 from builder.lbconfig import lb_config_args
 from builder.lock import Artifact, resolve_artifacts
 from builder.profile import PROFILES_DIR, Profile, load_profile
-from builder.render import StagedArtifact, render_tree
+from builder.render import ROOT, StagedArtifact, render_tree
 from tests import unitcheck
 from tests.fixtures.ollama_double.package import build_archive
 
@@ -67,6 +67,7 @@ def test_expected_files(trees: dict[str, Path], name: str) -> None:
         "config/hooks/live/03-install-extras.hook.chroot",
         "config/hooks/live/04-enable-units.hook.chroot",
         "config/hooks/live/99-check-no-secrets.hook.chroot",
+        "config/hooks/normal/5020-update-glx-alternative.hook.chroot",
         "config/package-lists/base.list.chroot",
         "config/bootloaders/grub-pc/grub.cfg",
         "config/bootloaders/grub-pc/config.cfg",
@@ -78,7 +79,7 @@ def test_expected_files(trees: dict[str, Path], name: str) -> None:
         "config/neuraldrive-artifacts/ollama-linux-amd64.tar.zst",
     ]:
         assert (tree / relative).is_file(), relative
-    for hook in (tree / "config/hooks/live").glob("*.hook.chroot"):
+    for hook in (tree / "config/hooks").glob("*/*.hook.chroot"):
         assert os.access(hook, os.X_OK), f"{hook.name} lost its exec bit"
     for program in (tree / INCLUDES / "usr/lib/neuraldrive").iterdir():
         if program.is_file():
@@ -112,7 +113,7 @@ def test_package_lists_follow_gpu_vendors(trees: dict[str, Path], name: str) -> 
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_hooks_are_valid_shell(trees: dict[str, Path], name: str) -> None:
-    scripts = [*(trees[name] / "config/hooks/live").glob("*.hook.chroot"), trees[name] / "auto/config"]
+    scripts = [*(trees[name] / "config/hooks").glob("*/*.hook.chroot"), trees[name] / "auto/config"]
     scripts += [p for p in (trees[name] / INCLUDES / "usr/lib/neuraldrive").iterdir()
                 if p.is_file() and p.read_text(errors="replace").startswith("#!/bin/sh")]
     for script in scripts:
@@ -285,3 +286,17 @@ def test_strict_undefined_names_the_template(tmp_path: Path) -> None:
     (src / "includes.chroot/etc/x.conf.j2").write_text("{{ profile.no_such_field }}\n")
     with pytest.raises(TreeError, match=r"includes.chroot/etc/x.conf.j2: UndefinedError"):
         render_tree(load_profile("cpu"), tmp_path / "out", [], source_root=src)
+
+
+@pytest.mark.parametrize(("registered", "switched"), [("/usr/lib/nvidia", False), ("/usr/lib/mesa-diverted", True)])
+def test_glx_hook_switches_only_to_a_registered_mesa(tmp_path: Path, registered: str, switched: bool) -> None:
+    """live-build's stock glx hook failed the nvidia build: Mesa's alternative is not registered there."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "update-alternatives"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\n"
+                    f"[ \"$1\" = --query ] && printf 'Name: glx\\nAlternative: {registered}\\nPriority: 10\\n'\n"
+                    "exit 0\n")
+    fake.chmod(0o755)
+    hook = ROOT / "hooks.normal/5020-update-glx-alternative.hook.chroot"
+    subprocess.run([str(hook)], check=True, env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert ("--quiet --set glx /usr/lib/mesa-diverted" in calls.read_text()) is switched

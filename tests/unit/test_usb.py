@@ -189,9 +189,19 @@ def test_write_an_image_file(tmp_path: Path, encrypt: bool) -> None:
         assert written.read(38 * MiB) == iso.read_bytes()[MiB:39 * MiB]
     table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]
-    persistence = table["partitions"][-1]
-    assert persistence["name"] == "persistence" and persistence["start"] * 512 == 40 * MiB
-    assert table["lastlba"] > 2 * GiB // 512 - 40  # the backup GPT moved to the end of the image
+    # Debian's hybrid layout: partition 1 is the ISO file system from sector 0 (live-boot's medium),
+    # 2 the EFI image the ISO's GPT pointed at, 3 persistence; no GPT left to confuse firmware.
+    assert table["label"] == "dos"
+    medium, esp, persistence = table["partitions"]
+    assert (medium["start"], medium["size"], medium.get("bootable")) == (0, 40 * MiB // 512, True)
+    assert (esp["start"], esp["size"], esp["type"]) == (2048, 4096, "ef")
+    assert (persistence["start"] * 512, persistence["type"]) == (40 * MiB, "83")
+    assert persistence["start"] + persistence["size"] <= 2 * GiB // 512 - 33
+    with image.open("rb") as written:
+        written.seek(512)
+        assert written.read(8) != b"EFI PART"
+        written.seek(2 * GiB - 33 * 512)
+        assert written.read(33 * 512) == bytes(33 * 512)
     plan = usb.PartitionPlan(iso_size=iso.stat().st_size, start=persistence["start"] * 512,
                              size=persistence["size"] * 512)
     with usb.loop_device(image, plan) as device:
@@ -234,3 +244,11 @@ def test_failed_write_leaves_no_image(tmp_path: Path) -> None:
                                             "--models", str(models)])
     assert result.exit_code == 2 and "does not match its sha256 name" in result.output
     assert not image.exists()
+
+
+def test_mbr_entry_layout() -> None:
+    entry = usb.mbr_entry(True, 0xEF, 2048, 4096)
+    assert len(entry) == 16 and entry[0] == 0x80 and entry[4] == 0xEF
+    assert int.from_bytes(entry[8:12], "little") == 2048 and int.from_bytes(entry[12:16], "little") == 4096
+    assert entry[1:4] == bytes((32, 33, 0))  # LBA 2048 = cylinder 0, head 32, sector 33
+    assert usb.mbr_entry(False, 0x83, 40 << 21, 8)[1:4] == bytes((254, 0xFF, 0xFF))  # past CHS range
