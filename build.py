@@ -233,15 +233,14 @@ def clean(cache_dir: Path, everything: bool) -> None:
               help="auto uses KVM only if it really runs a guest.")
 @click.option("--offline", is_flag=True, help="Never download artifacts.")
 @click.option("--no-cache", is_flag=True, help="Build the ISO cold (no package layer from the cache).")
-@click.option("--stick/--no-stick", default=False, show_default=True,
-              help="Also write a stick image with `usb --image` and boot it, BIOS then UEFI (root). Off by "
-                   "default: live-boot does not yet pick up the persistence partition on the boot stick.")
-@click.option("--stick-luks", is_flag=True,
-              help="Also boot a LUKS stick, typing its passphrase on the serial console (not working yet).")
+@click.option("--stick/--no-stick", default=True, show_default=True,
+              help="Also write stick images with `usb --image` and boot them as disks (root): a plain one "
+                   "BIOS then UEFI (persistence across the reboot), and a LUKS one unlocked on the serial "
+                   "console through the ISO's \"encrypted persistence\" menu entry.")
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir: Path, modes: str, accel: str,
-             offline: bool, no_cache: bool, stick: bool, stick_luks: bool, verbose: bool) -> None:
+             offline: bool, no_cache: bool, stick: bool, verbose: bool) -> None:
     """Boot a test ISO in QEMU and check it with testinfra (tests/image).
 
     Without --iso, builds the profile's ISO first (needs root) with a per-run SSH key and the
@@ -287,8 +286,7 @@ def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir:
             iso = iso_path
             if not key_for_iso(iso).is_file():
                 raise VMError(f"{iso}: no {key_for_iso(iso).name} beside it: test only ISOs built by `build.py test`")
-        summary = run_image_tests(profile, iso, key_for_iso(iso), archive, mode_list, out_dir, accel, stick,
-                                  stick_luks)
+        summary = run_image_tests(profile, iso, key_for_iso(iso), archive, mode_list, out_dir, accel, stick)
     sys.exit(0 if summary.ok else 1)
 
 

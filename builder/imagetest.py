@@ -32,7 +32,7 @@ from .errors import VMError
 from .guest import SshAccess, close_master, ssh, ssh_answers, write_ssh_config
 from .profile import Profile
 from .steps import complete_step, info
-from .vm import VM, BootSpec, make_persistence_disk
+from .vm import VM, BootSpec, grub_entry_append, make_persistence_disk
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT = 600.0
@@ -194,8 +194,7 @@ def run_image_tests(
     modes: list[str],
     out_dir: Path,
     accel: str,
-    stick: bool = False,
-    stick_luks: bool = False,
+    stick: bool = True,
 ) -> Summary:
     summary = Summary(iso=str(iso))
     workdir = Path(tempfile.mkdtemp(prefix="neuraldrive-test-"))
@@ -246,7 +245,7 @@ def run_image_tests(
                 close_master(access)
                 vm.stop()
         if stick:
-            run_stick_tests(profile, iso, key, workdir, summary, stick_luks)
+            run_stick_tests(profile, iso, key, workdir, summary)
         ok = summary.ok
     except VMError as exc:
         summary.errors.append(str(exc))
@@ -291,11 +290,10 @@ def _persistence_source(access: SshAccess) -> str:
     return result.stdout.strip()
 
 
-def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summary: Summary,
-                    luks: bool = False) -> None:
-    """`build.py usb --image` output booted as a disk: persistence survives a BIOS → UEFI reboot.
-    With `luks`, an encrypted stick is booted and its passphrase typed on the serial console —
-    off by default: the typed passphrase does not reach live-boot's askpass yet (see the notes)."""
+def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summary: Summary) -> None:
+    """`build.py usb --image` output booted as a disk: persistence survives a BIOS → UEFI reboot; an
+    encrypted stick boots with the kernel line of the ISO's own "encrypted persistence" menu entry
+    and its passphrase typed on the serial console."""
     plain = workdir / "stick.img"
     with complete_step("Writing a test stick image (build.py usb --image)"):
         _write_test_stick(iso, plain, encrypt=False)
@@ -333,15 +331,12 @@ def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summa
         finally:
             close_master(access)
             vm.stop()
-    if not luks:
-        return
     encrypted = workdir / "stick-luks.img"
     with complete_step("Writing an encrypted test stick image (build.py usb --image --encrypt)"):
         _write_test_stick(iso, encrypted, encrypt=True)
     figures = BootFigures(mode="bios-stick-luks")
     summary.boots.append(figures)
-    append = ("boot=live live-config.nocomponents live-config.noautologin persistence "
-              "persistence-encryption=luks quickusbmodules console=ttyS0,115200")
+    append = grub_entry_append(iso, "encrypted")
     vm = VM(BootSpec(iso=encrypted, media="disk", writable_disk=True, kernel_append=append,
                      gateway_guest_port=profile.gateway.port), workdir, name="luks-stick")
     access = write_ssh_config(workdir, key, vm.forwards.ssh)
@@ -360,6 +355,8 @@ def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summa
                                   f"({source or 'unknown'})")
         else:
             summary.passed += 1
+        if figures.failed_units:
+            summary.errors.append(f"encrypted stick: failed units {figures.failed_units}")
     finally:
         close_master(access)
         vm.stop()

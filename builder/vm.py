@@ -9,6 +9,7 @@ its own PID, on success, failure or Ctrl-C.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -104,6 +105,22 @@ def iso_kernel_path(iso: Path) -> str:
     if not kernels:
         raise VMError(f"{iso}: no kernel under /live")
     return f"/live/{kernels[-1]}"
+
+
+def menu_entry_append(grub_cfg: str, entry_id: str) -> str:
+    """The kernel arguments of the grub menu entry `--id entry_id` (what the operator would boot)."""
+    match = re.search(rf"^menuentry [^\n]*--id {re.escape(entry_id)} \{{\n\s*linux\s+\S+\s+([^\n]*)$",
+                      grub_cfg, re.MULTILINE)
+    if match is None:
+        raise VMError(f"grub.cfg: no menu entry --id {entry_id} with a linux line")
+    # grub expands a variable it has not set (live-build's ${iso_path} outside loopback boots) to "".
+    return " ".join(re.sub(r"\$\{[^}]*\}", "", match.group(1)).split())
+
+
+def grub_entry_append(iso: Path, entry_id: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="neuraldrive-grub-") as tmp:
+        cfg = extract_from_iso(iso, "/boot/grub/grub.cfg", Path(tmp) / "grub.cfg")
+        return menu_entry_append(cfg.read_text(), entry_id)
 
 
 def make_persistence_disk(path: Path, size: str = "2G", conf: str = "/var/lib/neuraldrive bind\n") -> Path:

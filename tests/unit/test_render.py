@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from builder.errors import VMError
 from builder.lbconfig import lb_config_args
 from builder.lock import Artifact, resolve_artifacts
 from builder.profile import PROFILES_DIR, Profile, load_profile
 from builder.render import ROOT, StagedArtifact, render_tree
+from builder.vm import menu_entry_append
 from tests import unitcheck
 from tests.fixtures.ollama_double.package import build_archive
 
@@ -300,3 +302,14 @@ def test_glx_hook_switches_only_to_a_registered_mesa(tmp_path: Path, registered:
     hook = ROOT / "hooks.normal/5020-update-glx-alternative.hook.chroot"
     subprocess.run([str(hook)], check=True, env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
     assert ("--quiet --set glx /usr/lib/mesa-diverted" in calls.read_text()) is switched
+
+
+def test_encrypted_menu_entry_is_what_the_luks_stick_test_boots(trees: dict[str, Path]) -> None:
+    cfg = (trees["test"] / "config/bootloaders/grub-pc/grub.cfg").read_text()
+    # What live-build makes of its placeholders (binary_grub_cfg), incl. its loopback variable.
+    cfg = (cfg.replace("@KERNEL_LIVE@", "/live/vmlinuz").replace("@INITRD_LIVE@", "/live/initrd.img")
+           .replace("@APPEND_LIVE@", "boot=live persistence findiso=${iso_path}"))
+    assert menu_entry_append(cfg, "encrypted") == "boot=live persistence findiso= persistence-encryption=luks"
+    assert "persistence-encryption" not in menu_entry_append(cfg, "neuraldrive")
+    with pytest.raises(VMError):
+        menu_entry_append(cfg, "missing")
