@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ from .imagetest import measure_boot
 from .pipeline import ArtifactOptions, build_iso
 from .profile import Profile
 from .render import ROOT, SOURCES
-from .report import Outputs
+from .report import Outputs, default_source_date_epoch
 from .steps import info
 from .vm import BootSpec
 
@@ -89,6 +90,10 @@ def run_bench(profile: Profile, options: ArtifactOptions, out_dir: Path, boot_ru
               key: Path | None, modes: list[str]) -> dict[str, Any]:
     """All figures in one run. `key`: an SSH key baked into the profile's image, if any."""
     results: dict[str, Any] = {"profile": profile.name, "figures": {}, "checks": {}}
+    # One epoch for every build of the run, even if a commit lands meanwhile: the identity checks
+    # compare images that must differ only in what the bench changed.
+    os.environ["SOURCE_DATE_EPOCH"] = str(default_source_date_epoch())
+    results["source_date_epoch"] = int(os.environ["SOURCE_DATE_EPOCH"])
     figures: dict[str, Figure] = {}
     with tempfile.TemporaryDirectory(prefix="neuraldrive-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -105,6 +110,7 @@ def run_bench(profile: Profile, options: ArtifactOptions, out_dir: Path, boot_ru
         differing = sorted(set(cold_files) ^ set(same_files))
         results["checks"]["squashfs_files_identical"] = not differing
         results["checks"]["squashfs_differences"] = differing[:20]
+        results["checks"]["iso_bit_identical"] = cold.iso.read_bytes() == same.iso.read_bytes()
         info("== warm build after editing one unit template")
         source = _source_copy(tmp / "src")
         template = source / TEMPLATE_TO_TOUCH

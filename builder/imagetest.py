@@ -290,6 +290,11 @@ def _persistence_source(access: SshAccess) -> str:
     return result.stdout.strip()
 
 
+def _no_failed_units(summary: Summary, label: str, figures: BootFigures) -> None:
+    if figures.failed_units:
+        summary.errors.append(f"{label}: failed units {figures.failed_units}")
+
+
 def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summary: Summary) -> None:
     """`build.py usb --image` output booted as a disk: persistence survives a BIOS → UEFI reboot; an
     encrypted stick boots with the kernel line of the ISO's own "encrypted persistence" menu entry
@@ -325,8 +330,7 @@ def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summa
                                           f"expected {marker!r} ({mounts.stdout.strip()})")
                 else:
                     summary.passed += 1
-            if figures.failed_units:
-                summary.errors.append(f"{firmware}-stick: failed units {figures.failed_units}")
+            _no_failed_units(summary, f"{firmware}-stick", figures)
             poweroff(vm, access)
         finally:
             close_master(access)
@@ -355,8 +359,7 @@ def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summa
                                   f"({source or 'unknown'})")
         else:
             summary.passed += 1
-        if figures.failed_units:
-            summary.errors.append(f"encrypted stick: failed units {figures.failed_units}")
+        _no_failed_units(summary, "encrypted stick", figures)
     finally:
         close_master(access)
         vm.stop()

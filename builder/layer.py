@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +21,14 @@ from .errors import LiveBuildError
 # Options that only shape the binary stage: changing them must not rebuild the packages.
 _BINARY_ONLY = {"--bootappend-live", "--bootappend-live-failsafe", "--iso-volume", "--iso-application",
                 "--iso-publisher", "--hdd-label", "--image-name", "--chroot-squashfs-compression-type",
+                "--chroot-squashfs-compression-level",
                 "--bootloaders", "--binary-image", "--checksums", "--zsync", "--memtest"}
 # Inputs inside the rendered tree that the package phase reads.
 _INPUT_DIRS = ("config/package-lists", "config/includes.chroot_before_packages", "config/preseed",
                "config/archives", "config/apt")
 _CONTENTS = ("chroot", ".build", "chroot.packages.install")
+# When the bootstrap + package phases began (inside .build, so the layer carries it).
+SINCE_FILE = ".build/neuraldrive-packages-since"
 KEEP_LAYERS = 3
 
 
@@ -88,3 +92,33 @@ def _prune(directory: Path) -> None:
     layers = sorted(directory.glob("*.tar.zst"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in layers[KEEP_LAYERS:]:
         old.unlink(missing_ok=True)
+
+
+def mark_package_start(build_dir: Path) -> None:
+    """Record when the chroot started being made (a second early: tar keeps whole-second mtimes)."""
+    since = build_dir / SINCE_FILE
+    since.parent.mkdir(parents=True, exist_ok=True)
+    since.write_text(f"{int(time.time()) - 1}\n")
+
+
+def normalize_mtimes(build_dir: Path, epoch: int) -> int:
+    """Give everything the bootstrap and package phases wrote (mtime at or after their start) the
+    build's SOURCE_DATE_EPOCH. Without this a restored layer carries the times of the build that
+    made it, older than a newer commit's epoch, so they escape the clamping that mkinitramfs and
+    mksquashfs apply, and the warm image differed from a cold one (initrd directory times).
+    Files that keep their .deb's times are untouched. Returns how many entries changed."""
+    since = int((build_dir / SINCE_FILE).read_text())
+    chroot = build_dir / "chroot"
+    device = chroot.lstat().st_dev
+    stamp = epoch * 1_000_000_000
+    changed = 0
+    for root, dirs, files in os.walk(chroot):
+        dirs[:] = [d for d in dirs if os.lstat(os.path.join(root, d)).st_dev == device]  # one file system
+        for name in (*dirs, *files):
+            path = os.path.join(root, name)
+            if os.lstat(path).st_mtime >= since:
+                os.utime(path, ns=(stamp, stamp), follow_symlinks=False)
+                changed += 1
+    if chroot.lstat().st_mtime >= since:
+        os.utime(chroot, ns=(stamp, stamp))
+    return changed

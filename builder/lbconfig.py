@@ -66,6 +66,8 @@ def lb_config_args(profile: Profile) -> list[str]:
         "--initramfs", "live-boot",
         "--debootstrap-options", "--variant=minbase",
         "--chroot-squashfs-compression-type", profile.image.compression,
+        *(("--chroot-squashfs-compression-level", str(profile.image.compression_level))
+          if profile.image.compression_level is not None else ()),
         "--iso-volume", profile.image.volume,
         "--iso-application", f"NeuralDrive {profile.image.version}",
         "--iso-publisher", "NeuralDrive",

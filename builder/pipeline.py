@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .artifacts import FetchPolicy, fetch_artifact
 from .errors import UnofficialArtifactError
-from .layer import layer_for, layer_key, restore_layer, save_layer
+from .layer import layer_for, layer_key, mark_package_start, normalize_mtimes, restore_layer, save_layer
 from .lbconfig import lb_config_args
 from .livebuild import (
     BOOTSTRAP,
@@ -29,7 +29,7 @@ from .lock import Artifact, resolve_artifacts
 from .profile import Profile
 from .render import StagedArtifact, render_tree
 from .report import Outputs, build_info, default_source_date_epoch, publish
-from .steps import complete_step, format_seconds, info
+from .steps import complete_step, debug, format_seconds, info
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,17 @@ def build_iso(
                 info(f"  packages   restored from the package layer {layer.key} "
                      f"in {format_seconds(time.monotonic() - started)}")
             else:
+                mark_package_start(build_dir)
                 runner.phase(BOOTSTRAP)
                 runner.phase(PACKAGES)
                 started = time.monotonic()
                 save_layer(layer, build_dir)
                 runner.timed("package-layer-save", time.monotonic() - started)
                 info(f"  packages   saved as package layer {layer.key} in {format_seconds(time.monotonic() - started)}")
+            started = time.monotonic()
+            changed = normalize_mtimes(build_dir, epoch)
+            runner.timed("normalize-mtimes", time.monotonic() - started)
+            debug(f"  {changed} chroot entries set to SOURCE_DATE_EPOCH {epoch}")
             runner.phase(CUSTOMIZE)
             runner.phase(IMAGE)
         except BaseException:

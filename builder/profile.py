@@ -21,6 +21,7 @@ PROFILES_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
 GPU_VENDORS = ("nvidia", "amd", "intel")
 COMPRESSIONS = ("zstd", "xz", "gzip", "lzo", "lz4")
+COMPRESSION_LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "lzo": (1, 9)}  # what mksquashfs accepts
 ARCHIVE_AREAS = ("main", "contrib", "non-free", "non-free-firmware")
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 _GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^-?\d+$")
@@ -53,6 +54,8 @@ class Image:
     version: str = "0.1.0"
     volume: str = "NEURALDRIVE"
     compression: str = "zstd"
+    # mksquashfs -Xcompression-level; None keeps mksquashfs's default (zstd: 15, xz: n/a).
+    compression_level: int | None = None
     hostname: str = "neuraldrive"
 
 
@@ -297,6 +300,13 @@ def _check_semantics(p: Profile, path: Path) -> None:
         raise bad("image.volume", f"{p.image.volume!r}: 1-32 letters, digits, '_', '-' or spaces")
     if p.image.compression not in COMPRESSIONS:
         raise bad("image.compression", f"{p.image.compression!r} is not one of {', '.join(COMPRESSIONS)}")
+    level = p.image.compression_level
+    if level is not None:
+        span = COMPRESSION_LEVELS.get(p.image.compression)
+        if span is None:
+            raise bad("image.compression_level", f"{p.image.compression} takes no compression level")
+        if not span[0] <= level <= span[1]:
+            raise bad("image.compression_level", f"{level} is outside {span[0]}-{span[1]} for {p.image.compression}")
     if p.debian.suite != "trixie":
         raise bad("debian.suite", f"{p.debian.suite!r}: only trixie (Debian 13) is supported")
     for key in ("bootstrap", "chroot", "binary", "security"):

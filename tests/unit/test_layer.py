@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from pathlib import Path
 
+from builder import layer
 from builder.layer import layer_for, layer_key, restore_layer, save_layer
 from builder.lbconfig import lb_config_args
 from builder.profile import load_profile
@@ -39,6 +42,10 @@ def test_boot_menu_and_labels_do_not_change_the_key(tmp_path: Path) -> None:
     relabelled = dataclasses.replace(profile, image=dataclasses.replace(
         profile.image, volume="OTHER", version="9.9.9", hostname="elsewhere", compression="xz"))
     assert layer_key(lb_config_args(relabelled), tree(tmp_path), "1:20250505") == base
+    faster = dataclasses.replace(profile, image=dataclasses.replace(profile.image, compression_level=3))
+    args = lb_config_args(faster)
+    assert args[args.index("--chroot-squashfs-compression-level") + 1] == "3"
+    assert layer_key(args, tree(tmp_path), "1:20250505") == base
 
 
 def test_save_and_restore_round_trip(tmp_path: Path) -> None:
@@ -72,3 +79,23 @@ def test_only_the_newest_layers_are_kept(tmp_path: Path) -> None:
     for index in range(5):
         save_layer(layer_for(tmp_path / "cache", f"k{index}"), build)
     assert len(list((tmp_path / "cache/package-layer").glob("*.tar.zst"))) == 3
+
+
+def test_normalize_mtimes_gives_what_the_packages_wrote_the_epoch(tmp_path: Path) -> None:
+    chroot = tmp_path / "chroot"
+    (chroot / "usr/bin").mkdir(parents=True)
+    from_deb = chroot / "usr/bin/tool"
+    from_deb.write_text("x")
+    os.utime(from_deb, (1_600_000_000, 1_600_000_000))  # dpkg keeps the package's times
+    layer.mark_package_start(tmp_path)
+    time.sleep(1.1)
+    generated = chroot / "etc/ld.so.cache"
+    generated.parent.mkdir()
+    generated.write_text("y")
+    (chroot / "etc/link").symlink_to("/nonexistent")  # not followed
+    epoch = 1_700_000_000
+    changed = layer.normalize_mtimes(tmp_path, epoch)
+    assert from_deb.stat().st_mtime == 1_600_000_000
+    assert generated.stat().st_mtime == epoch and (chroot / "etc").stat().st_mtime == epoch
+    assert (chroot / "etc/link").lstat().st_mtime == epoch
+    assert changed >= 3
