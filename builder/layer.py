@@ -27,6 +27,8 @@ _BINARY_ONLY = {"--bootappend-live", "--bootappend-live-failsafe", "--iso-volume
 _INPUT_DIRS = ("config/package-lists", "config/includes.chroot_before_packages", "config/preseed",
                "config/archives", "config/apt")
 _CONTENTS = ("chroot", ".build", "chroot.packages.install")
+# Bumped when what a layer holds changes, so layers of older builders are not restored.
+LAYER_FORMAT = 2  # 2: carries SINCE_FILE
 # When the bootstrap + package phases began (inside .build, so the layer carries it).
 SINCE_FILE = ".build/neuraldrive-packages-since"
 KEEP_LAYERS = 3
@@ -43,7 +45,7 @@ class Layer:
 
 def layer_key(lb_args: list[str], build_dir: Path, lb_version: str) -> str:
     digest = hashlib.sha256()
-    digest.update(f"live-build {lb_version}\n".encode())
+    digest.update(f"layer format {LAYER_FORMAT}\nlive-build {lb_version}\n".encode())
     skip = False
     for arg in lb_args:
         if skip:
