@@ -382,15 +382,29 @@ def boot(iso_path: Path, firmware: str, media: str, persistence: Path | None, ch
               help="Read the LUKS passphrase from this file instead of asking twice.")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
               help="Ollama models dir (manifests/ + blobs/) to preload onto the persistence partition.")
+@click.option("--profile", "profile_name", default=None,
+              help="Preload the models the profile's `preload` names from its store (instead of --models).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
 def usb(iso_path: Path, device: str | None, image_path: Path | None, size: str, persistence_size: str,
-        encrypt: bool, passphrase_file: Path | None, models_dir: Path | None, yes: bool) -> None:
+        encrypt: bool, passphrase_file: Path | None, models_dir: Path | None, profile_name: str | None,
+        yes: bool) -> None:
     """Write an ISO to a USB stick (or --image file) and add the persistence partition after it."""
+    import tempfile
+
     from builder import usb as usb_module
+    from builder.profile import preload_store_path
 
     if (device is None) == (image_path is None):
         raise usb_module.UsbError("give exactly one of --device /dev/sdX or --image FILE")
+    preload: tuple[Path, tuple[str, ...]] | None = None
+    if profile_name is not None:
+        profile = load_profile(profile_name)
+        store = preload_store_path(profile)
+        if profile.preload.models and store is not None:
+            if models_dir is not None:
+                raise usb_module.UsbError(f"--models and profile {profile.name}'s preload.models: give one")
+            preload = (store, profile.preload.models)
     if os.geteuid() != 0:
         raise usb_module.UsbError("writing a stick needs root (partitioning, loop devices, mkfs)")
     iso_size = iso_path.stat().st_size
@@ -429,7 +443,10 @@ def usb(iso_path: Path, device: str | None, image_path: Path | None, size: str, 
         with image_path.open("wb") as handle:
             handle.truncate(target_size)
     try:
-        report = usb_module.write_stick(iso_path, target, plan, passphrase, models_dir)
+        with tempfile.TemporaryDirectory(prefix="neuraldrive-preload-") as selection:
+            if preload is not None:
+                models_dir = usb_module.select_models(preload[0], preload[1], Path(selection))
+            report = usb_module.write_stick(iso_path, target, plan, passphrase, models_dir)
     except BaseException:
         if image_path is not None:
             image_path.unlink(missing_ok=True)  # never leave a half-written image behind

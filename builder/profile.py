@@ -27,6 +27,7 @@ KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 _GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^-?\d+$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _PKG = re.compile(r"^[a-z0-9][a-z0-9+.-]+(/[a-z0-9-]+)?$")
+_MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?(:[A-Za-z0-9._-]{1,128})?$")
 _URL = re.compile(r"^(https?|file)://\S+$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
 
@@ -139,6 +140,14 @@ class Ssh:
 
 
 @dataclass(frozen=True)
+class Preload:
+    """Models `build.py usb --profile` copies onto the stick's persistence partition."""
+
+    store: str | None = None  # an Ollama models dir on the build host, relative to the profile file
+    models: tuple[str, ...] = ()  # name[:tag] or namespace/name[:tag]
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     source: str
@@ -152,6 +161,7 @@ class Profile:
     healthcheck: HealthCheck = field(default_factory=HealthCheck)
     gateway: Gateway = field(default_factory=Gateway)
     ssh: Ssh = field(default_factory=Ssh)
+    preload: Preload = field(default_factory=Preload)
     packages: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
@@ -388,6 +398,19 @@ def _check_semantics(p: Profile, path: Path) -> None:
     for pkg in p.packages:
         if not _PKG.match(pkg):
             raise bad("packages", f"{pkg!r} is not a Debian package name")
+    for model in p.preload.models:
+        if not _MODEL.match(model):
+            raise bad("preload.models", f"{model!r} is not an Ollama model name (name[:tag])")
+    if p.preload.models:
+        store = preload_store_path(p)
+        if store is None or not (store / "manifests").is_dir():
+            raise bad("preload.store", f"{p.preload.store!r}: not an Ollama models dir (needs manifests/)")
+
+
+def preload_store_path(p: Profile) -> Path | None:
+    if p.preload.store is None:
+        return None
+    return (Path(p.source).parent / p.preload.store).resolve()
 
 
 def authorized_keys_path(p: Profile) -> Path | None:

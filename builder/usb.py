@@ -347,6 +347,33 @@ def verify_models(models: Path) -> list[str]:
     return sorted(str(p.relative_to(models / "manifests")) for p in (models / "manifests").rglob("*") if p.is_file())
 
 
+def select_models(store: Path, names: tuple[str, ...] | list[str], into: Path) -> Path:
+    """A models dir at `into` holding only `names` from an Ollama store: each one's manifest and the
+    blobs it references, as symlinks (populate copies their content; verify_models checks it)."""
+    for name in names:
+        model, _, tag = name.partition(":")
+        repo = model if "/" in model else f"library/{model}"
+        manifest = store / "manifests" / "registry.ollama.ai" / repo / (tag or "latest")
+        if not manifest.is_file():
+            raise UsbError(f"preload.models: {name}: no manifest at {manifest}")
+        try:
+            data = json.loads(manifest.read_text())
+            digests = [data["config"]["digest"], *(layer["digest"] for layer in data["layers"])]
+        except (ValueError, KeyError, TypeError):
+            raise UsbError(f"preload.models: {name}: {manifest} is not an Ollama manifest") from None
+        link = into / manifest.relative_to(store)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(manifest.resolve())
+        (into / "blobs").mkdir(parents=True, exist_ok=True)
+        for digest in digests:
+            blob = store / "blobs" / str(digest).replace(":", "-")
+            if not blob.is_file():
+                raise UsbError(f"preload.models: {name}: blob {blob.name} is missing from {store / 'blobs'}")
+            if not (into / "blobs" / blob.name).exists():
+                (into / "blobs" / blob.name).symlink_to(blob.resolve())
+    return into
+
+
 def populate(device: str, models: Path | None, size: int) -> None:
     """ext4 labelled `persistence` (`size` bytes) holding persistence.conf and the appliance's state tree."""
     result = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "persistence", device, str(size // 1024)],

@@ -252,3 +252,55 @@ def test_mbr_entry_layout() -> None:
     assert int.from_bytes(entry[8:12], "little") == 2048 and int.from_bytes(entry[12:16], "little") == 4096
     assert entry[1:4] == bytes((32, 33, 0))  # LBA 2048 = cylinder 0, head 32, sector 33
     assert usb.mbr_entry(False, 0x83, 40 << 21, 8)[1:4] == bytes((254, 0xFF, 0xFF))  # past CHS range
+
+
+def test_select_models_takes_only_the_named_ones(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    write_model(store, "tiny:latest", size=10)
+    write_model(store, "other:7b", size=20)
+    chosen = usb.select_models(store, ["tiny"], tmp_path / "chosen")
+    manifests = [p.relative_to(chosen / "manifests") for p in (chosen / "manifests").rglob("*") if p.is_file()]
+    assert [str(m) for m in manifests] == ["registry.ollama.ai/library/tiny/latest"]
+    tiny = json.loads((chosen / "manifests" / manifests[0]).read_text())
+    wanted = {d.replace(":", "-") for d in [tiny["config"]["digest"], *(x["digest"] for x in tiny["layers"])]}
+    assert {b.name for b in (chosen / "blobs").iterdir()} == wanted
+    with pytest.raises(usb.UsbError, match=r"other:latest.*no manifest"):
+        usb.select_models(store, ["other:latest"], tmp_path / "none")
+    weights = next(d for d in wanted if (store / "blobs" / d).stat().st_size == 10)
+    (store / "blobs" / weights).unlink()
+    with pytest.raises(usb.UsbError, match="is missing"):
+        usb.select_models(store, ["tiny"], tmp_path / "again")
+
+
+@root_only
+def test_profile_preload_reaches_the_stick(tmp_path: Path) -> None:
+    iso = synthetic_iso(tmp_path)
+    store = tmp_path / "store"
+    write_model(store, "tiny:latest", size=4096)
+    write_model(store, "big:latest", size=8192)
+    for blob in (store / "blobs").iterdir():  # give the sparse weights real, matching names
+        if blob.stat().st_size in (4096, 8192):
+            data = os.urandom(blob.stat().st_size)
+            digest = hashlib.sha256(data).hexdigest()
+            for manifest in (store / "manifests").rglob("latest"):
+                manifest.write_text(manifest.read_text().replace(blob.name.replace("-", ":"), f"sha256:{digest}"))
+            blob.unlink()
+            (store / "blobs" / f"sha256-{digest}").write_bytes(data)
+    profile = tmp_path / "stick.yaml"
+    profile.write_text(f"extends: test\npreload:\n  store: {store.name}\n  models: [tiny]\n")
+    image = tmp_path / "stick.img"
+    result = CliRunner().invoke(build.cli, ["usb", "--iso", str(iso), "--image", str(image), "--size", "2G",
+                                            "--profile", str(profile)])
+    assert result.exit_code == 0, result.output
+    assert "models: 1" in result.output
+    plan = usb.PartitionPlan(iso_size=iso.stat().st_size, start=40 * MiB, size=(2 * GiB - 41 * MiB))
+    with usb.loop_device(image, plan) as device:
+        mnt = tmp_path / "mnt"
+        mnt.mkdir()
+        subprocess.run(["mount", "-o", "ro", device, str(mnt)], check=True)
+        try:
+            copied = mnt / "var/lib/neuraldrive/models/manifests/registry.ollama.ai/library"
+            assert sorted(p.name for p in copied.iterdir()) == ["tiny"]
+            assert not any(p.is_symlink() for p in (mnt / "var/lib/neuraldrive/models").rglob("*"))
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
