@@ -115,11 +115,12 @@ def normalize_mtimes(build_dir: Path, epoch: int) -> int:
     stamp = epoch * 1_000_000_000
     changed = 0
     for root, dirs, files in os.walk(chroot):
-        dirs[:] = [d for d in dirs if os.lstat(os.path.join(root, d)).st_dev == device]  # one file system
-        for name in (*dirs, *files):
-            path = os.path.join(root, name)
-            if os.lstat(path).st_mtime >= since:
-                os.utime(path, ns=(stamp, stamp), follow_symlinks=False)
+        entries = [(name, os.lstat(os.path.join(root, name))) for name in (*dirs, *files)]
+        # One file system: never descend into a mount (each entry is stat'ed once).
+        dirs[:] = [name for name, status in entries[:len(dirs)] if status.st_dev == device]
+        for name, status in entries:
+            if status.st_dev == device and status.st_mtime >= since:
+                os.utime(os.path.join(root, name), ns=(stamp, stamp), follow_symlinks=False)
                 changed += 1
     if chroot.lstat().st_mtime >= since:
         os.utime(chroot, ns=(stamp, stamp))

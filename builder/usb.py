@@ -273,22 +273,14 @@ def write_partition_table(target: Path, plan: PartitionPlan) -> None:
     iso_sectors = -(-plan.iso_size // SECTOR)
     entries = (mbr_entry(True, 0x00, 0, iso_sectors) + mbr_entry(False, 0xEF, esp_start, esp_size)
                + mbr_entry(False, 0x83, plan.start // SECTOR, plan.size // SECTOR) + bytes(16))
-    total = target.stat().st_size if not target.is_block_device() else _device_size(target)
     fd = os.open(target, os.O_RDWR)
     try:
+        total = os.lseek(fd, 0, os.SEEK_END)  # the size of a device and of an image file alike
         os.pwrite(fd, entries + b"\x55\xaa", MBR_ENTRIES)
         os.pwrite(fd, bytes(SECTOR), SECTOR)  # primary GPT header
         # Whatever GPT backup the stick had at its end (ours, or from an earlier life).
         os.pwrite(fd, bytes(GPT_BACKUP_SECTORS * SECTOR), total - GPT_BACKUP_SECTORS * SECTOR)
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _device_size(device: Path) -> int:
-    fd = os.open(device, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
 
