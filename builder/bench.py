@@ -144,6 +144,8 @@ def run_bench(profile: Profile, options: ArtifactOptions, out_dir: Path, boot_ru
                         figures.setdefault(f"boot_{name}_{mode}", Figure(f"boot to {name}, {mode}", "s")
                                            ).values.append(value)
                 results["accel"] = boot.accel
+                if boot.analysis:
+                    results.setdefault("boot_analysis", {})[mode] = boot.analysis
     results["figures"] = {k: {"name": f.name, **f.summary()} for k, f in figures.items()}
     cold_value = figures["cold_build"].values[0]
     results["ratios"] = {k: round(figures[k].values[0] / cold_value, 3)

@@ -47,6 +47,8 @@ class BootFigures:
     system_running_s: float | None = None
     gateway_ready_s: float | None = None
     failed_units: list[str] = field(default_factory=list)
+    # The guest's own account (systemd-analyze): where the boot went, for the bench to report.
+    analysis: str = ""
 
 
 @dataclass
@@ -139,6 +141,10 @@ def api_key_from_serial(vm: VM, timeout: float) -> str:
     raise VMError(f"no API key on the serial console within {timeout:.0f}s; tail:\n{vm.serial_tail()}")
 
 
+ANALYZE = ("systemd-analyze; systemd-analyze critical-chain --no-pager; systemd-analyze blame --no-pager | head -20; "
+           "sudo dmesg | grep -m1 'Not activating Mandatory Access Control'; sudo dmesg | grep -m1 'systemd\\[1\\]'")
+
+
 def measure_boot(spec: BootSpec, key: Path | None, workdir: Path) -> BootFigures:
     """One boot, timed from QEMU start: login prompt, SSH (if the image has it), gateway ready."""
     figures = BootFigures(mode=f"{spec.firmware}-{spec.media}")
@@ -155,6 +161,8 @@ def measure_boot(spec: BootSpec, key: Path | None, workdir: Path) -> BootFigures
             api_key = api_key_from_serial(vm, BOOT_TIMEOUT)
         figures.gateway_ready_s = round(
             vm.wait_until("gateway", lambda: gateway_ready(vm.forwards.gateway, api_key), BOOT_TIMEOUT, 1.0), 1)
+        if access is not None:
+            figures.analysis = ssh(access, ANALYZE, timeout=120).stdout
     finally:
         if access is not None:
             close_master(access)

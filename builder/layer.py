@@ -71,23 +71,35 @@ def _tar(args: list[str], what: str) -> None:
     result = subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", *args],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise LiveBuildError(f"package layer {what} failed: {result.stderr.strip()[-500:]}")
+        raise LiveBuildError(f"{what} failed: {result.stderr.strip()[-500:]}")
+
+
+def archive_tree(directory: Path, archive: Path, members: tuple[str, ...] = (".",),
+                 exclude: tuple[str, ...] = (), what: str = "archive") -> None:
+    """tar+zstd `members` of `directory` into `archive` atomically: a partial file never looks
+    like a cache entry. One file system only (never a chroot's /proc or bind mounts)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
+    try:
+        excludes = ["--anchored", *(f"--exclude={pattern}" for pattern in exclude)] if exclude else []
+        _tar(["--one-file-system", *excludes, "-I", "zstd -T0 -3",
+              "-C", str(directory), "-cf", str(tmp), *members], what)
+        os.replace(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def extract_tree(archive: Path, directory: Path, what: str = "extract") -> None:
+    _tar(["-I", "zstd -T0", "-C", str(directory), "-xpf", str(archive)], what)
 
 
 def save_layer(layer: Layer, build_dir: Path) -> None:
-    """Archive the package phase's result atomically (a partial file never looks like a layer)."""
-    layer.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = layer.path.with_name(f".{layer.path.name}.{os.getpid()}.tmp")
-    try:
-        _tar(["--one-file-system", "-I", "zstd -T0 -3", "-C", str(build_dir), "-cf", str(tmp), *_CONTENTS], "save")
-        os.replace(tmp, layer.path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    archive_tree(build_dir, layer.path, members=_CONTENTS, what="package layer save")
     _prune(layer.path.parent)
 
 
 def restore_layer(layer: Layer, build_dir: Path) -> None:
-    _tar(["-I", "zstd -T0", "-C", str(build_dir), "-xpf", str(layer.path)], "restore")
+    extract_tree(layer.path, build_dir, what="package layer restore")
 
 
 def _prune(directory: Path) -> None:

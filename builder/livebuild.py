@@ -9,10 +9,12 @@ import shutil
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from . import binarytools
 from .errors import HostError, LiveBuildError
 from .profile import Profile
 from .steps import ProgressLine, format_seconds, info
@@ -100,12 +102,23 @@ def remove_build_dir(build_dir: Path) -> None:
 
 
 @dataclass(frozen=True)
-class Phase:
-    """A named, timed part of the build: live-build helpers run in order (what `lb chroot` runs,
-    split where the package layer is taken)."""
+class PyStep:
+    """A step of a phase done in Python between live-build helpers."""
 
     name: str
-    commands: tuple[tuple[str, ...], ...]
+    run: Callable[[Path], None]
+
+
+Command = tuple[str, ...] | PyStep
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A named, timed part of the build: live-build helpers run in order (what `lb chroot` and
+    `lb binary` run, split where the package layer is taken and the binary-tools chroot is used)."""
+
+    name: str
+    commands: tuple[Command, ...]
 
 
 _PREP_INSTALL = ("lb", "chroot_prep", "install", "all", "mode-archives-chroot")
@@ -134,7 +147,58 @@ CUSTOMIZE = Phase("customize", (
     _PREP_REMOVE,
     ("sh", "-c", "chroot chroot ls -lR > chroot.files"),
 ))
-IMAGE = Phase("binary", (("lb", "installer"), ("lb", "binary"), ("lb", "source")))
+
+# What `lb binary` prepares in the outer chroot (it deliberately leaves out debianchroot).
+_MOUNTS, _OTHER = "devpts proc selinuxfs sysfs", "dpkg tmpfs sysv-rc hosts resolv hostname apt"
+_BINARY_PREP_INSTALL: tuple[Command, ...] = (
+    ("lb", "chroot_prep", "install", _MOUNTS),
+    ("lb", "chroot_prep", "install", _OTHER, "mode-apt-install-binary", "mode-archives-chroot"),
+)
+_BINARY_PREP_REMOVE: tuple[Command, ...] = (
+    ("lb", "chroot_prep", "remove", _OTHER),
+    ("lb", "chroot_prep", "remove", _MOUNTS),
+)
+# `lb binary`'s helpers in its order, but for binary_bootloader_splash: it installs librsvg and
+# fonts every build to render a splash no NeuralDrive boot menu shows.
+_HELPERS_BEFORE_ISO = ("rootfs", "dm-verity", "manifest", "package-lists", "linux-image", "memtest",
+                       "grub-legacy", "grub-pc", "grub_cfg", "syslinux", "disk", "loadlin", "win32-loader",
+                       "includes", "grub-efi", "hooks", "checksums")
+_HELPERS_FROM_ISO = ("iso", "onie", "netboot", "tar", "hdd", "zsync")
+# `lb binary`'s own step: everything the helpers wrote gets SOURCE_DATE_EPOCH before the ISO.
+_CLAMP_TIMES = ("sh", "-c", 'find binary -newermt "$(date -d@${SOURCE_DATE_EPOCH} \'+%Y-%m-%d %H:%M:%S\')" '
+                "-printf \"%y %p\\n\" -exec touch '{}' -d@${SOURCE_DATE_EPOCH} --no-dereference ';' "
+                "> binary.modified_timestamps")
+
+
+def image_phase(tools: Path, reuse_tools: bool) -> Phase:
+    """`lb installer`, `lb binary` and `lb source`, with `tools` (a binary-tools chroot archive)
+    as the outer chroot: unpacked if `reuse_tools`, else made from the bootstrap and saved."""
+    if reuse_tools:
+        outer: tuple[Command, ...] = (
+            PyStep("binary_chroot (cached tools)", lambda d: binarytools.unpack_tools(d, tools)),
+        )
+    else:
+        outer = (
+            ("lb", "binary_chroot"),
+            *_BINARY_PREP_INSTALL,
+            ("lb", "chroot_archives", "chroot", "install"),
+            ("sh", "-c", binarytools.install_script()),
+            ("lb", "chroot_archives", "chroot", "remove"),
+            *_BINARY_PREP_REMOVE,
+            PyStep("save binary tools", lambda d: binarytools.save_tools(d, tools)),
+        )
+    return Phase("binary", (
+        ("lb", "installer"),
+        *outer,
+        PyStep("check binary tools", binarytools.check_tools),
+        PyStep("lend image files", binarytools.lend_image_files),
+        *_BINARY_PREP_INSTALL,
+        *(("lb", f"binary_{helper}") for helper in _HELPERS_BEFORE_ISO),
+        _CLAMP_TIMES,
+        *(("lb", f"binary_{helper}") for helper in _HELPERS_FROM_ISO),
+        *_BINARY_PREP_REMOVE,
+        ("lb", "source"),
+    ))
 
 
 class LiveBuildRunner:
@@ -151,7 +215,10 @@ class LiveBuildRunner:
         progress = ProgressLine(interval=30.0)
         try:
             for command in phase.commands:
-                _run_logged(list(command), self.build_dir, self.env, self._handle, phase.name, progress, started)
+                if isinstance(command, PyStep):
+                    _run_step(command, self.build_dir, self._handle, phase.name, progress, started)
+                else:
+                    _run_logged(list(command), self.build_dir, self.env, self._handle, phase.name, progress, started)
         finally:
             self._handle.flush()
             seconds = round(time.monotonic() - started, 1)
@@ -164,6 +231,19 @@ class LiveBuildRunner:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _run_step(step: PyStep, build_dir: Path, handle: TextIO, phase: str, progress: ProgressLine,
+              started: float) -> None:
+    handle.write(f"### {phase}: {step.name}\n")
+    handle.flush()
+    progress.update(f"{phase:<10} {step.name:<28} {format_seconds(time.monotonic() - started)}", force=True)
+    try:
+        step.run(build_dir)
+    except OSError as error:
+        progress.close()
+        raise LiveBuildError(f"{step.name} failed during {phase}: {error}\n"
+                             f"full log: {build_dir / 'build.log'}") from None
 
 
 def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], handle: TextIO, phase: str,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .artifacts import FetchPolicy, fetch_artifact
+from .binarytools import tools_archive, tools_key
 from .errors import UnofficialArtifactError
 from .layer import layer_for, layer_key, mark_package_start, normalize_mtimes, restore_layer, save_layer
 from .lbconfig import lb_config_args
@@ -15,13 +16,13 @@ from .livebuild import (
     BOOTSTRAP,
     CONFIG,
     CUSTOMIZE,
-    IMAGE,
     PACKAGES,
     LiveBuildRunner,
     cache_key,
     check_host,
     find_iso,
     find_manifest,
+    image_phase,
     prepare_build_dir,
     release_mounts,
 )
@@ -112,7 +113,9 @@ def build_iso(
             runner.timed("normalize-mtimes", time.monotonic() - started)
             debug(f"  {changed} chroot entries set to SOURCE_DATE_EPOCH {epoch}")
             runner.phase(CUSTOMIZE)
-            runner.phase(IMAGE)
+            tools = tools_archive(build_dir, tools_key(build_dir, lb_version))
+            tools_from_cache = use_cache and tools.is_file()
+            runner.phase(image_phase(tools, reuse_tools=tools_from_cache))
         except BaseException:
             release_mounts(build_dir)  # the build dir stays for its log; nothing stays mounted
             raise
@@ -123,6 +126,7 @@ def build_iso(
     stages = {**runner.run.stage_seconds, "total": timing.get("seconds", 0.0)}
     details = build_info(profile, artifacts, lb_version, epoch, stages)
     details["package_layer"] = {"key": layer.key, "from_cache": from_cache, "path": str(layer.path)}
+    details["binary_tools"] = {"archive": tools.name, "from_cache": tools_from_cache}
     with complete_step("Publishing outputs"):
         outputs = publish(profile, out_dir, iso, manifest, details)
     info(f"ISO: {outputs.iso} ({os.path.getsize(outputs.iso) / 2**20:.0f} MiB)")

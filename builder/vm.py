@@ -197,7 +197,7 @@ class VM:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(s.iso.resolve()),
                             str(overlay)], check=True)
             cmd += ["-drive", f"file={overlay},format=qcow2,if=none,id=disk0",
-                    "-device", "virtio-blk-pci,drive=disk0,bootindex=0"]
+                    "-device", f"virtio-blk-pci,drive=disk0{boot_index}"]
         if s.persistence_disk is not None:
             cmd += ["-drive", f"file={s.persistence_disk},format=qcow2,if=virtio"]
         return cmd

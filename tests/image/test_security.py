@@ -70,6 +70,15 @@ def test_sshd_refuses_passwords_and_root(host: Any) -> None:
     assert password.returncode == 255 and "Permission denied (publickey)" in password.stderr
 
 
+def test_host_keys_are_the_devices_own_ed25519_and_ecdsa(host: Any) -> None:
+    with host.sudo():
+        keys = host.check_output("ls /var/lib/neuraldrive/ssh").split()
+        config = host.check_output("sshd -T")
+    assert sorted(k for k in keys if not k.endswith(".pub")) == ["ssh_host_ecdsa_key", "ssh_host_ed25519_key"]
+    host_keys = [line.split()[1] for line in config.splitlines() if line.startswith("hostkey ")]
+    assert host_keys == ["/var/lib/neuraldrive/ssh/ssh_host_ed25519_key", "/var/lib/neuraldrive/ssh/ssh_host_ecdsa_key"]
+
+
 @pytest.fixture(scope="module")
 def squashfs_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The image's root filesystem, read from the ISO on the host (not from the running guest)."""

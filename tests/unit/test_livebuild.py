@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from builder import pipeline
+from builder import binarytools, pipeline
 from builder.errors import LiveBuildError
-from builder.livebuild import mounts_below, release_mounts
+from builder.livebuild import image_phase, mounts_below, release_mounts
 from builder.pipeline import ArtifactOptions, build_iso
 from builder.profile import load_profile
 from builder.report import output_names
@@ -23,7 +25,9 @@ FAKE_LB = r"""#!/bin/sh
 echo "$*" >> "$CALLS"
 echo "[2026-01-01 00:00:00] lb $*"
 case "$1" in
-    bootstrap) mkdir -p chroot/etc .build; touch .build/bootstrap; echo base > chroot/etc/base ;;
+    bootstrap) mkdir -p chroot/etc .build cache/bootstrap/var/lib/dpkg; touch .build/bootstrap
+        echo base > chroot/etc/base
+        echo "Package: base-files" > cache/bootstrap/var/lib/dpkg/status ;;
     chroot_install-packages) echo "$2" >> chroot/etc/installed ;;
     chroot_hooks)
         if [ "$FAIL_AT" = chroot_hooks ]; then
@@ -32,7 +36,16 @@ case "$1" in
             i=0; while [ $i -lt 60 ]; do echo "hook output line $i"; i=$((i + 1)); done
             echo "E: config/hooks/live/04-enable-units.hook.chroot failed"; exit 1
         fi ;;
-    binary) echo iso > neuraldrive-amd64.hybrid.iso; printf 'caddy\t2.6.2\n' > neuraldrive-amd64.packages ;;
+    chroot_linux-image) mkdir -p chroot/boot; echo kernel > chroot/boot/vmlinuz-6.12
+        echo initrd > chroot/boot/initrd.img-6.12 ;;
+    binary_chroot) mv chroot chroot.tmp; cp -a cache/bootstrap chroot; mv chroot.tmp chroot/chroot
+        touch chroot/chroot.cache ;;
+    # No chroot.cache: the squashfs is taken from the inner chroot, then that is removed.
+    binary_rootfs) test ! -e chroot/chroot.cache && test -f chroot/chroot/etc/base && rm -rf chroot/chroot || exit 1
+        mkdir -p binary/live ;;
+    binary_linux-image) test -f chroot/boot/vmlinuz-6.12 ;;
+    binary_manifest) printf 'caddy\t2.6.2\n' > neuraldrive-amd64.packages ;;
+    binary_iso) test -f chroot/usr/bin/xorriso && echo iso > neuraldrive-amd64.hybrid.iso ;;
 esac
 """
 
@@ -49,6 +62,10 @@ def fake_live_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("CALLS", str(calls))
     monkeypatch.setattr(pipeline, "check_host", lambda require_root=True: "1:20250505+deb13u1")
+    # The real script sources live-build's functions; this one installs the checked files.
+    fake_install = "\n".join(f"mkdir -p chroot/{os.path.dirname(path)} && touch chroot/{path}"
+                             for path, _ in binarytools.BINARY_TOOLS)
+    monkeypatch.setattr(binarytools, "install_script", lambda: fake_install)
     return calls
 
 
@@ -71,10 +88,18 @@ def test_cold_then_warm_build(fake_live_build: Path, options: ArtifactOptions, t
     cold = calls(fake_live_build)
     assert cold[:3] == ["config", "bootstrap", "chroot_prep install all mode-archives-chroot"]
     assert cold.index("chroot_install-packages live") < cold.index("chroot_includes_after_packages")
-    assert cold[-3:] == ["installer", "binary", "source"]
+    assert cold[-1] == "source"
+    # The tools chroot is made once, from the bootstrap, with apt; the image chroot goes inside it.
+    assert cold.index("binary_chroot") < cold.index("chroot_archives chroot install") < cold.index("binary_rootfs")
+    assert "binary_bootloader_splash" not in cold
     info = json.loads(outputs.build_info.read_text())
     assert info["package_layer"]["from_cache"] is False
     assert Path(info["package_layer"]["path"]).is_file()
+    assert info["binary_tools"]["from_cache"] is False
+    tools = next((cache / "live-build").glob(f"*/{info['binary_tools']['archive']}"))
+    listing = subprocess.run(["tar", "-tf", str(tools)], capture_output=True, text=True, check=True).stdout.split()
+    assert "./usr/bin/xorriso" in listing
+    assert not [name for name in listing if name.startswith(("./chroot/", "./boot/"))]  # no image inside
     assert set(info["stage_seconds"]) >= {"config", "bootstrap", "packages", "customize", "binary", "total"}
     assert outputs.iso.read_text() == "iso\n"
     assert outputs.sha256.read_text().split() == [info["iso"]["sha256"], outputs.iso.name]
@@ -84,12 +109,28 @@ def test_cold_then_warm_build(fake_live_build: Path, options: ArtifactOptions, t
     warm_calls = calls(fake_live_build)
     assert "bootstrap" not in warm_calls
     assert not [c for c in warm_calls if c.startswith("chroot_install-packages")]
-    assert "chroot_hooks" in warm_calls and "binary" in warm_calls
+    assert "chroot_hooks" in warm_calls and "binary_iso" in warm_calls
+    # No apt in the binary stage: the cached tools chroot is unpacked.
+    assert "binary_chroot" not in warm_calls and not [c for c in warm_calls if c.startswith("chroot_archives")]
     warm_info = json.loads(warm.build_info.read_text())
     assert warm_info["package_layer"] == {**info["package_layer"], "from_cache": True}
+    assert warm_info["binary_tools"] == {**info["binary_tools"], "from_cache": True}
 
     build_iso(profile, out, cache, options, use_cache=False)
-    assert "bootstrap" in calls(fake_live_build)
+    cold_again = calls(fake_live_build)
+    assert "bootstrap" in cold_again and "binary_chroot" in cold_again
+
+
+@pytest.mark.skipif(not Path("/usr/lib/live/build/binary").is_file(), reason="live-build not installed")
+def test_binary_helpers_follow_live_builds_own_order(tmp_path: Path) -> None:
+    """The binary phase runs `lb binary`'s helpers as live-build lists them, but for the splash."""
+    script = Path("/usr/lib/live/build/binary").read_text()
+    theirs = [h for h in re.findall(r"^lb (binary_[a-z0-9_-]+)", script, flags=re.M)
+              if h not in ("binary_chroot", "binary_bootloader_splash")]
+    phase = image_phase(tmp_path / "tools.tar.zst", reuse_tools=True)
+    ours = [c[1] for c in phase.commands if isinstance(c, tuple) and c[0] == "lb" and c[1].startswith("binary_")]
+    assert ours == theirs
+    assert "-newermt" in script and any("-newermt" in " ".join(c) for c in phase.commands if isinstance(c, tuple))
 
 
 def test_changed_package_list_misses_the_layer(fake_live_build: Path, options: ArtifactOptions,
