@@ -14,6 +14,7 @@ import pytest
 
 from builder import binarytools, pipeline
 from builder.errors import LiveBuildError
+from builder.lbconfig import lb_config_args
 from builder.livebuild import image_phase, mounts_below, release_mounts
 from builder.pipeline import ArtifactOptions, build_iso
 from builder.profile import load_profile
@@ -110,8 +111,11 @@ def test_cold_then_warm_build(fake_live_build: Path, options: ArtifactOptions, t
     assert "bootstrap" not in warm_calls
     assert not [c for c in warm_calls if c.startswith("chroot_install-packages")]
     assert "chroot_hooks" in warm_calls and "binary_iso" in warm_calls
-    # No apt in the binary stage: the cached tools chroot is unpacked.
+    # No apt after the restored layer: customize keeps the archives out, the binary stage unpacks
+    # the cached tools chroot.
     assert "binary_chroot" not in warm_calls and not [c for c in warm_calls if c.startswith("chroot_archives")]
+    assert not [c for c in warm_calls if c.startswith("chroot_prep") and c.split()[2] == "all"]
+    assert warm_calls.index("chroot_prep install all-except-archives") < warm_calls.index("chroot_hooks")
     warm_info = json.loads(warm.build_info.read_text())
     assert warm_info["package_layer"] == {**info["package_layer"], "from_cache": True}
     assert warm_info["binary_tools"] == {**info["binary_tools"], "from_cache": True}
@@ -131,6 +135,11 @@ def test_binary_helpers_follow_live_builds_own_order(tmp_path: Path) -> None:
     ours = [c[1] for c in phase.commands if isinstance(c, tuple) and c[0] == "lb" and c[1].startswith("binary_")]
     assert ours == theirs
     assert "-newermt" in script and any("-newermt" in " ".join(c) for c in phase.commands if isinstance(c, tuple))
+    # `lb installer` is left out because no profile builds an installer.
+    assert ("lb", "installer") not in phase.commands
+    for name in ("test", "cpu", "nvidia", "intel", "amd", "default"):
+        args = lb_config_args(load_profile(name))
+        assert args[args.index("--debian-installer") + 1] == "none"
 
 
 def test_changed_package_list_misses_the_layer(fake_live_build: Path, options: ArtifactOptions,
