@@ -103,7 +103,10 @@ def unpack_tools(build_dir: Path, archive: Path) -> None:
     chroot, image = build_dir / "chroot", build_dir / "chroot.image"
     os.rename(chroot, image)
     chroot.mkdir()
-    extract_tree(archive, chroot, what="binary-tools restore")
+    try:
+        extract_tree(archive, chroot, what=f"binary-tools restore from {archive}")
+    except LiveBuildError as error:
+        raise LiveBuildError(f"{error} (delete it or build with --no-cache)") from None
     os.rename(image, chroot / "chroot")
     (build_dir / ".build/binary_chroot").touch()
 

@@ -71,7 +71,8 @@ def _tar(args: list[str], what: str) -> None:
     result = subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", *args],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise LiveBuildError(f"{what} failed: {result.stderr.strip()[-500:]}")
+        detail = "; ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
+        raise LiveBuildError(f"{what} failed: {detail[-500:]}")
 
 
 def archive_tree(directory: Path, archive: Path, members: tuple[str, ...] = (".",),

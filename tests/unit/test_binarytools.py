@@ -81,3 +81,31 @@ def test_install_script_checks_every_tool_and_keeps_them(tmp_path: Path) -> None
         assert f"Check_package chroot /{path} {package}\n" in script
     # Forgetting live-build's list of temporary packages is what keeps later helpers from purging them.
     assert script.index("Install_packages") < script.index("rm -f chroot.installed_tmp_pkgs")
+
+
+def test_a_damaged_tools_archive_is_named_with_the_way_out(tmp_path: Path) -> None:
+    build = build_dir_with_image(tmp_path)
+    archive = tmp_path / "binary-tools-k.tar.zst"
+    archive.write_bytes(b"not a tar")
+    (build / ".build").mkdir()
+    with pytest.raises(LiveBuildError, match=r"binary-tools restore from .*binary-tools-k.tar.zst failed: .*"
+                                             r"\(delete it or build with --no-cache\)"):
+        binarytools.unpack_tools(build, archive)
+
+
+def test_unpack_puts_the_image_inside_the_cached_tools(tmp_path: Path) -> None:
+    tools = tmp_path / "tools"
+    (tools / "usr/bin").mkdir(parents=True)
+    (tools / "usr/bin/xorriso").write_text("tool")
+    archive = tmp_path / "binary-tools-k.tar.zst"
+    from builder.layer import archive_tree
+    archive_tree(tools, archive)
+    build = tmp_path / "build"
+    (build / "chroot/etc").mkdir(parents=True)
+    (build / "chroot/etc/image-marker").write_text("image")
+    (build / ".build").mkdir()
+    binarytools.unpack_tools(build, archive)
+    assert (build / "chroot/usr/bin/xorriso").read_text() == "tool"
+    assert (build / "chroot/chroot/etc/image-marker").read_text() == "image"
+    assert (build / ".build/binary_chroot").exists()
+    assert not (build / "chroot.image").exists()
