@@ -36,3 +36,11 @@ def test_live_medium_is_read_only(host: Any) -> None:
 
 def test_hostname_from_profile(host: Any) -> None:
     assert host.check_output("hostname") == "neuraldrive"
+
+
+def test_no_cache_rebuilds_at_boot(host: Any) -> None:
+    """The image is stamped as updated: ConditionNeedsUpdate= keeps the rebuild units from running
+    on every live boot (they sit before sysinit.target)."""
+    for unit in ("ldconfig.service", "systemd-journal-catalog-update.service", "systemd-update-done.service"):
+        shown = host.check_output(f"systemctl show -p ConditionResult -p ExecMainStartTimestampMonotonic {unit}")
+        assert "ConditionResult=no" in shown, f"{unit} ran at boot:\n{shown}"

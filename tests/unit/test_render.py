@@ -68,6 +68,7 @@ def test_expected_files(trees: dict[str, Path], name: str) -> None:
         "config/hooks/live/01-users.hook.chroot",
         "config/hooks/live/03-install-extras.hook.chroot",
         "config/hooks/live/04-enable-units.hook.chroot",
+        "config/hooks/live/06-update-done.hook.chroot",
         "config/hooks/live/99-check-no-secrets.hook.chroot",
         "config/hooks/normal/5020-update-glx-alternative.hook.chroot",
         "config/package-lists/base.list.chroot",
