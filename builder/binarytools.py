@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from .errors import LiveBuildError
-from .layer import archive_tree, extract_tree
+from .layer import archive_tree, extract_tree, prune_archives
 
 # (file a binary helper checks for, package it installs when the file is missing) — the checks of
 # binary_rootfs (squashfs), binary_grub-pc, binary_grub-efi (amd64, Secure Boot "auto") and
@@ -77,13 +77,9 @@ def install_script() -> str:
     )
 
 
-def missing_tools(build_dir: Path) -> list[str]:
-    chroot = build_dir / "chroot"
-    return [package for path, package in BINARY_TOOLS if not (chroot / path).exists()]
-
-
 def check_tools(build_dir: Path) -> None:
-    missing = missing_tools(build_dir)
+    chroot = build_dir / "chroot"
+    missing = [package for path, package in BINARY_TOOLS if not (chroot / path).exists()]
     if missing:
         raise LiveBuildError(f"binary-tools chroot lacks {', '.join(missing)}: rebuild with --no-cache")
 
@@ -93,9 +89,7 @@ def save_tools(build_dir: Path, archive: Path) -> None:
     check_tools(build_dir)
     archive_tree(build_dir / "chroot", archive, exclude=("./chroot", "./chroot.cache"), what="binary-tools save")
     (build_dir / "chroot/chroot.cache").unlink(missing_ok=True)  # binary_rootfs must not swap chroots back
-    olds = sorted(archive.parent.glob("binary-tools-*.tar.zst"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in olds[KEEP_ARCHIVES:]:
-        old.unlink(missing_ok=True)
+    prune_archives(archive.parent, "binary-tools-*.tar.zst", KEEP_ARCHIVES)
 
 
 def unpack_tools(build_dir: Path, archive: Path) -> None:

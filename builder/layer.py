@@ -96,16 +96,17 @@ def extract_tree(archive: Path, directory: Path, what: str = "extract") -> None:
 
 def save_layer(layer: Layer, build_dir: Path) -> None:
     archive_tree(build_dir, layer.path, members=_CONTENTS, what="package layer save")
-    _prune(layer.path.parent)
+    prune_archives(layer.path.parent, "*.tar.zst", KEEP_LAYERS)
 
 
 def restore_layer(layer: Layer, build_dir: Path) -> None:
     extract_tree(layer.path, build_dir, what="package layer restore")
 
 
-def _prune(directory: Path) -> None:
-    layers = sorted(directory.glob("*.tar.zst"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in layers[KEEP_LAYERS:]:
+def prune_archives(directory: Path, pattern: str, keep: int) -> None:
+    """Keep only the `keep` newest archives matching `pattern`: caches do not grow without bound."""
+    archives = sorted(directory.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[keep:]:
         old.unlink(missing_ok=True)
 
 

@@ -178,8 +178,10 @@ def image_phase(tools: Path, reuse_tools: bool) -> Phase:
     chroot: unpacked if `reuse_tools`, else made from the bootstrap and saved. No `lb installer`:
     with `--debian-installer none` it only runs three apt index updates (10 s) and adds nothing."""
     if reuse_tools:
+        # A freshly made tools chroot is checked before it is saved; a cached one when unpacked.
         outer: tuple[Command, ...] = (
             PyStep("binary_chroot (cached tools)", lambda d: binarytools.unpack_tools(d, tools)),
+            PyStep("check binary tools", binarytools.check_tools),
         )
     else:
         outer = (
@@ -193,7 +195,6 @@ def image_phase(tools: Path, reuse_tools: bool) -> Phase:
         )
     return Phase("binary", (
         *outer,
-        PyStep("check binary tools", binarytools.check_tools),
         PyStep("lend image files", binarytools.lend_image_files),
         *_BINARY_PREP_INSTALL,
         *(("lb", f"binary_{helper}") for helper in _HELPERS_BEFORE_ISO),
@@ -236,11 +237,15 @@ class LiveBuildRunner:
         self._handle.close()
 
 
+def _progress_text(phase: str, step: str, started: float) -> str:
+    return f"{phase:<10} {step:<28} {format_seconds(time.monotonic() - started)}"
+
+
 def _run_step(step: PyStep, build_dir: Path, handle: TextIO, phase: str, progress: ProgressLine,
               started: float) -> None:
     handle.write(f"### {phase}: {step.name}\n")
     handle.flush()
-    progress.update(f"{phase:<10} {step.name:<28} {format_seconds(time.monotonic() - started)}", force=True)
+    progress.update(_progress_text(phase, step.name, started), force=True)
     try:
         step.run(build_dir)
     except OSError as error:
@@ -254,7 +259,7 @@ def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], handle: TextIO, 
     tail: deque[str] = deque(maxlen=40)
     step = cmd[1] if cmd[0] == "lb" and len(cmd) > 1 else cmd[0]
     handle.write(f"### {phase}: {' '.join(cmd)}\n")
-    progress.update(f"{phase:<10} {step:<28} {format_seconds(time.monotonic() - started)}", force=True)
+    progress.update(_progress_text(phase, step, started), force=True)
     try:
         proc = subprocess.Popen(
             cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
@@ -270,7 +275,7 @@ def _run_logged(cmd: list[str], cwd: Path, env: dict[str, str], handle: TextIO, 
             if step_match:
                 step = step_match.group(1)
             # At most one line every 30 s (a TTY redraws in place).
-            progress.update(f"{phase:<10} {step:<28} {format_seconds(time.monotonic() - started)}")
+            progress.update(_progress_text(phase, step, started))
         code = proc.wait()
     except BaseException:
         proc.terminate()
