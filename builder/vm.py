@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import VMError
+from .qemu import OVMF_DIR, select_qemu
 from .steps import debug
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_CODE = "OVMF_CODE_4M.fd"
+OVMF_VARS = "OVMF_VARS_4M.fd"
 FIRMWARES = ("bios", "uefi")
 MEDIA = ("cd", "disk")
 GUEST_SSH = 22
@@ -73,8 +74,9 @@ def kvm_works(kernel: Path) -> bool:
         return _KVM_VERDICT["verdict"]
     verdict = False
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
-        cmd = ["qemu-system-x86_64", "-accel", "kvm", "-m", "256", "-nographic", "-no-reboot", "-kernel",
-               str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"]
+        cmd = select_qemu().command(["-accel", "kvm", "-m", "256", "-nographic", "-no-reboot", "-kernel",
+                                     str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"],
+                                    [kernel])
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False,
                                  stdin=subprocess.DEVNULL)
@@ -143,11 +145,11 @@ class VM:
             raise VMError(f"boot mode {spec.firmware}-{spec.media}: use bios|uefi and cd|disk")
         if not spec.iso.is_file():
             raise VMError(f"{spec.iso}: no such ISO")
-        for tool in ("qemu-system-x86_64", "qemu-img"):
-            if shutil.which(tool) is None:
-                raise VMError(f"{tool} not found: run `sudo scripts/setup-host`")
-        if spec.firmware == "uefi" and not OVMF_CODE.is_file():
-            raise VMError(f"{OVMF_CODE} not found: install ovmf (scripts/setup-host)")
+        if shutil.which("qemu-img") is None:
+            raise VMError("qemu-img not found: run `sudo scripts/setup-host`")
+        self.qemu = select_qemu()
+        if spec.firmware == "uefi" and not self.qemu.ovmf(OVMF_CODE).is_file():
+            raise VMError(f"{self.qemu.ovmf(OVMF_CODE)} not found: install ovmf (scripts/setup-host)")
         self.spec = spec
         self.workdir = workdir
         self.forwards = Forwards()
@@ -166,7 +168,7 @@ class VM:
             f"hostfwd=tcp:127.0.0.1:{f.engine}-:{GUEST_ENGINE}"
         )
         cmd = [
-            "qemu-system-x86_64", "-accel", self.accel, "-machine", "q35", "-smp", str(s.cpus),
+            "-accel", self.accel, "-machine", "q35", "-smp", str(s.cpus),
             "-m", str(s.memory_mib), "-display", "none", "-monitor", "none", "-no-reboot",
             # A socket, so the harness can type (a LUKS passphrase); everything is logged to the file.
             "-chardev", f"socket,id=ser0,path={self.serial_socket},server=on,wait=off,logfile={self.serial_log}",
@@ -176,8 +178,8 @@ class VM:
         ]
         if s.firmware == "uefi":
             vars_copy = self.workdir / "OVMF_VARS.fd"
-            shutil.copyfile(OVMF_VARS, vars_copy)
-            cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            shutil.copyfile(self.qemu.ovmf(OVMF_VARS), vars_copy)
+            cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_DIR / OVMF_CODE}",
                     "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
         if s.kernel_append is not None:
             kernel = extract_from_iso(s.iso, iso_kernel_path(s.iso), self.workdir / "vmlinuz")
@@ -200,7 +202,8 @@ class VM:
                     "-device", f"virtio-blk-pci,drive=disk0{boot_index}"]
         if s.persistence_disk is not None:
             cmd += ["-drive", f"file={s.persistence_disk},format=qcow2,if=virtio"]
-        return cmd
+        paths = [self.workdir, s.iso] + ([s.persistence_disk] if s.persistence_disk else [])
+        return self.qemu.command(cmd, paths)
 
     def start(self) -> None:
         if self.spec.accel == "kvm" or (self.spec.accel == "auto" and self._kvm_probe()):

@@ -1,0 +1,82 @@
+"""Which QEMU boots the guests, and how a chrooted one reaches the host's files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder import qemu
+from builder.errors import VMError
+from builder.qemu import Qemu, bind_dirs, select_qemu
+
+
+def test_binds_top_level_dirs_but_never_a_system_dir_of_the_root(tmp_path: Path) -> None:
+    iso = tmp_path / "a.iso"
+    iso.write_bytes(b"")
+    binds = bind_dirs([iso, Path("/root/runs/x"), Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/var/tmp/w")])
+    assert "/usr/share/OVMF" in binds and "/var/tmp" in binds
+    assert "/usr" not in binds and "/var" not in binds
+    assert f"/{tmp_path.parts[1]}" in binds and "/root" in binds
+
+
+def test_parents_are_bound_before_what_they_contain() -> None:
+    binds = bind_dirs([Path("/var/lib/a/b/c"), Path("/var/lib/a/x")])
+    assert binds == sorted(binds, key=lambda b: b.count("/"))
+
+
+def test_host_qemu_runs_directly_and_a_rooted_one_in_a_private_namespace(tmp_path: Path) -> None:
+    assert Qemu("10.0", None).command(["-m", "64"]) == ["qemu-system-x86_64", "-m", "64"]
+    cmd = Qemu("10.0", tmp_path).command(["-m", "64"], [Path("/srv/x.iso")])
+    assert cmd[:5] == ["unshare", "--mount", "--propagation", "private", "--"]
+    assert cmd[-5:] == [str(tmp_path), "/srv", "--", "-m", "64"]
+    assert Qemu("10.0", tmp_path).ovmf("OVMF_VARS_4M.fd") == tmp_path / "usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
+def test_unknown_choice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    select_qemu.cache_clear()
+    monkeypatch.setenv("NEURALDRIVE_QEMU", "fastest")
+    try:
+        with pytest.raises(VMError, match="NEURALDRIVE_QEMU='fastest'"):
+            select_qemu()
+    finally:
+        select_qemu.cache_clear()
+
+
+def test_old_host_qemu_gives_way_to_the_tools_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = {"qemu-system-x86_64": "7.2.22", "chroot": "10.0.13"}
+    monkeypatch.setattr(qemu, "_version", lambda command: versions[command[0]])
+    monkeypatch.setattr(qemu, "TOOLS_ROOT", Path("/"))  # "has" usr/bin/qemu-system-x86_64 if the host has
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.delenv("NEURALDRIVE_QEMU", raising=False)
+    if shutil.which("qemu-system-x86_64") != "/usr/bin/qemu-system-x86_64":
+        pytest.skip("needs /usr/bin/qemu-system-x86_64 to stand for the root's")
+    try:
+        select_qemu.cache_clear()
+        assert select_qemu() == Qemu("10.0.13", Path("/"))
+        select_qemu.cache_clear()
+        monkeypatch.setenv("NEURALDRIVE_QEMU", "host")
+        assert select_qemu() == Qemu("7.2.22", None)
+        select_qemu.cache_clear()
+        versions["qemu-system-x86_64"] = "10.1.0"
+        monkeypatch.delenv("NEURALDRIVE_QEMU")
+        assert select_qemu() == Qemu("10.1.0", None)
+    finally:
+        select_qemu.cache_clear()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root for mount namespaces")
+def test_chrooted_qemu_sees_host_dirs_and_leaves_no_mounts(tmp_path: Path) -> None:
+    """The real wrapper, with the host's / standing in as the root: QEMU prints its version and
+    nothing stays mounted afterwards."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("no QEMU on this host")
+    before = Path("/proc/self/mountinfo").read_text()
+    cmd = Qemu("x", Path("/")).command(["--version"], [tmp_path])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "QEMU emulator version" in out.stdout
+    assert Path("/proc/self/mountinfo").read_text() == before
