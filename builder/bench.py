@@ -143,7 +143,7 @@ def run_bench(profile: Profile, options: ArtifactOptions, out_dir: Path, boot_ru
                     if value is not None:
                         figures.setdefault(f"boot_{name}_{mode}", Figure(f"boot to {name}, {mode}", "s")
                                            ).values.append(value)
-                results["accel"] = boot.accel
+                results["accel"], results["qemu"] = boot.accel, boot.qemu
                 if boot.analysis:
                     results.setdefault("boot_analysis", {})[mode] = boot.analysis
     results["figures"] = {k: {"name": f.name, **f.summary()} for k, f in figures.items()}
@@ -157,7 +157,8 @@ def run_bench(profile: Profile, options: ArtifactOptions, out_dir: Path, boot_ru
 
 
 def print_bench(results: dict[str, Any]) -> None:
-    print(f"\nNeuralDrive bench, profile {results['profile']} ({results.get('accel', '?')} for boots)")
+    print(f"\nNeuralDrive bench, profile {results['profile']} ({results.get('accel', '?')} for boots, "
+          f"{results.get('qemu', 'no boots')})")
     print(f"{'figure':<36}{'runs':>5}{'min':>9}{'median':>9}{'max':>9}  unit")
     for figure in results["figures"].values():
         if figure["runs"]:

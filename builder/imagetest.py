@@ -42,6 +42,7 @@ BOOT_TIMEOUT = 600.0
 class BootFigures:
     mode: str
     accel: str = ""
+    qemu: str = ""  # which QEMU ran it (version, host's or the tools root's): boot times depend on it
     login_prompt_s: float | None = None
     ssh_s: float | None = None
     system_running_s: float | None = None
@@ -107,7 +108,7 @@ def gateway_ready(port: int, api_key: str) -> bool:
 
 def boot_and_wait(vm: VM, access: SshAccess, figures: BootFigures, want_gateway: bool) -> str:
     """Wait for the login prompt, SSH, a settled system and (optionally) the gateway; returns the API key."""
-    figures.accel = vm.accel
+    figures.accel, figures.qemu = vm.accel, vm.qemu.description
     figures.login_prompt_s = round(vm.wait_for_serial("login:", BOOT_TIMEOUT), 1)
     figures.ssh_s = round(vm.wait_until("SSH", lambda: ssh_answers(access), BOOT_TIMEOUT), 1)
     state = ssh(access, "systemctl is-system-running --wait", timeout=BOOT_TIMEOUT)
@@ -152,7 +153,7 @@ def measure_boot(spec: BootSpec, key: Path | None, workdir: Path) -> BootFigures
     access = write_ssh_config(workdir, key, vm.forwards.ssh) if key is not None else None
     try:
         vm.start()
-        figures.accel = vm.accel
+        figures.accel, figures.qemu = vm.accel, vm.qemu.description
         figures.login_prompt_s = round(vm.wait_for_serial("login:", BOOT_TIMEOUT), 1)
         if access is not None:
             figures.ssh_s = round(vm.wait_until("SSH", lambda: ssh_answers(access), BOOT_TIMEOUT), 1)
@@ -381,6 +382,8 @@ def print_summary(summary: Summary) -> None:
         widths = (8, 8, 9, 9)
         shown = "".join(f"{(f'{c:.0f}s' if c is not None else '-'):>{w}}" for c, w in zip(cells, widths, strict=True))
         info(f"{b.mode:<28}{b.accel:<6}{shown}  {' '.join(b.failed_units) or 'none'}")
+    for qemu in sorted({b.qemu for b in summary.boots if b.qemu}):
+        info(f"booted with {qemu}")
     for error in summary.errors:
         info(f"error: {error.splitlines()[0]}")
     info(f"{summary.passed} passed, {summary.failed} failed, {summary.skipped} skipped")

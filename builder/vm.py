@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import VMError
@@ -75,7 +75,7 @@ def kvm_works(kernel: Path) -> bool:
     verdict = False
     if os.access("/dev/kvm", os.R_OK | os.W_OK):
         cmd = select_qemu().command(["-accel", "kvm", "-m", "256", "-nographic", "-no-reboot", "-kernel",
-                                     str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"],
+                                     str(kernel.resolve()), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"],
                                     [kernel])
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False,
@@ -150,12 +150,14 @@ class VM:
         self.qemu = select_qemu()
         if spec.firmware == "uefi" and not self.qemu.ovmf(OVMF_CODE).is_file():
             raise VMError(f"{self.qemu.ovmf(OVMF_CODE)} not found: install ovmf (scripts/setup-host)")
-        self.spec = spec
-        self.workdir = workdir
+        # Absolute paths: a QEMU chrooted in the tools root starts in its / (see qemu.py).
+        disk = spec.persistence_disk.resolve() if spec.persistence_disk is not None else None
+        self.spec = replace(spec, iso=spec.iso.resolve(), persistence_disk=disk)
+        self.workdir = workdir.resolve()
         self.forwards = Forwards()
         name = name or f"{spec.firmware}-{spec.media}"
-        self.serial_log = workdir / f"serial-{name}.log"
-        self.serial_socket = workdir / f"serial-{name}.sock"
+        self.serial_log = self.workdir / f"serial-{name}.log"
+        self.serial_socket = self.workdir / f"serial-{name}.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.accel = "tcg"

@@ -6,6 +6,7 @@ import json
 import os
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -60,3 +61,11 @@ def push_models(models_dir: Path) -> None:
                     "sudo tar -xf - -C /var/lib/neuraldrive/models --no-same-owner && "
                     "sudo chown -R neuraldrive-ollama:neuraldrive-ollama /var/lib/neuraldrive/models"],
                    input=tar, check=True, timeout=120)
+
+
+def wait_until_engine_answers(host: Any, timeout: float = 30) -> None:
+    """After a restart: the unit is active before the engine listens; later tests need it answering."""
+    deadline = time.monotonic() + timeout
+    while host.run("curl -sf http://127.0.0.1:11434/api/version").rc != 0:
+        assert time.monotonic() < deadline, "engine restarted but does not answer"
+        time.sleep(1)

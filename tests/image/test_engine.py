@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.image.helpers import save_state
+from tests.image.helpers import save_state, wait_until_engine_answers
 
 UNIT = "neuraldrive-ollama.service"
 
@@ -105,11 +105,8 @@ def test_killed_engine_comes_back_within_15s(host: Any) -> None:
         time.sleep(1)
     else:
         pytest.fail("engine not active again 15 s after kill -9")
-    # and it answers again
-    deadline = time.monotonic() + 30
-    while host.run("curl -sf http://127.0.0.1:11434/api/version").rc != 0:
-        assert time.monotonic() < deadline, "engine restarted but does not answer"
-        time.sleep(1)
+    wait_until_engine_answers(host)
+
 
 
 def test_persistent_override_changes_a_setting(host: Any) -> None:
@@ -119,4 +116,5 @@ def test_persistent_override_changes_a_setting(host: Any) -> None:
         host.check_output(f"systemctl restart {UNIT}")
         env = host.check_output(f"tr '\\0' '\\n' < /proc/{main_pid(host)}/environ")
     assert "OLLAMA_KEEP_ALIVE=7m" in env.splitlines()
+    wait_until_engine_answers(host)
     save_state({"override": "OLLAMA_KEEP_ALIVE=7m"})

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from tests.image.helpers import Gateway
+from tests.image.helpers import Gateway, wait_until_engine_answers
 
 IDLE_OVERRIDE = "/var/lib/neuraldrive/config/neuraldrive.conf"
 
@@ -78,5 +78,6 @@ def test_health_check_restarts_a_stopped_engine(host: Any) -> None:
     while not host.service("neuraldrive-ollama.service").is_running:
         assert time.monotonic() < deadline, "health check did not bring the engine back"
         time.sleep(2)
+    wait_until_engine_answers(host)
     with host.sudo():
         host.run("systemctl reset-failed neuraldrive-healthcheck.service")

@@ -80,3 +80,22 @@ def test_chrooted_qemu_sees_host_dirs_and_leaves_no_mounts(tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr
     assert "QEMU emulator version" in out.stdout
     assert Path("/proc/self/mountinfo").read_text() == before
+
+
+def test_vm_hands_qemu_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chrooted QEMU starts in the root's /: relative ISO or disk paths would not resolve."""
+    from builder.vm import VM, BootSpec
+
+    if shutil.which("qemu-img") is None:
+        pytest.skip("needs qemu-img")
+    monkeypatch.chdir(tmp_path)
+    Path("x.iso").write_bytes(b"")
+    Path("work").mkdir()
+    import builder.vm
+
+    monkeypatch.setattr(builder.vm, "select_qemu", lambda: Qemu("10.0", tmp_path))
+    vm = VM(BootSpec(iso=Path("x.iso"), media="cd", persistence_disk=Path("p.qcow2")), Path("work"))
+    cmd = vm.command()
+    assert any(f"file={tmp_path}/x.iso," in arg for arg in cmd)
+    assert any(f"file={tmp_path}/p.qcow2," in arg for arg in cmd)
+    assert all("file=x.iso" not in arg and "path=work" not in arg for arg in cmd)
