@@ -356,7 +356,8 @@ def boot(iso_path: Path, firmware: str, media: str, persistence: Path | None, ch
                 Path(tmp))
         try:
             vm.start()
-            click.echo(f"QEMU ({vm.accel}) pid {vm.proc.pid if vm.proc else '?'}; serial log {vm.serial_log}; "
+            click.echo(f"{vm.qemu.description}, {vm.accel}, pid {vm.proc.pid if vm.proc else '?'}; "
+                       f"serial log {vm.serial_log}; "
                        f"ssh -p {vm.forwards.ssh} neuraldrive-admin@127.0.0.1; gateway https://127.0.0.1:"
                        f"{vm.forwards.gateway}/", err=True)
             seconds = vm.wait_for_serial("login:", timeout)

@@ -2,8 +2,9 @@
 
 KVM is used only when it demonstrably runs a guest (on these build hosts /dev/kvm exists but
 fails in the kernel decompressor); otherwise TCG with QEMU's default CPU model, which is faster
-under TCG than `-cpu max`. Host forwards are bound to 127.0.0.1 only. QEMU is always killed by
-its own PID, on success, failure or Ctrl-C.
+under TCG than `-cpu max`. Which QEMU runs (the host's or trixie's) is qemu.py's choice. Host
+forwards are bound to 127.0.0.1 only. QEMU is always killed by its own PID, on success, failure
+or Ctrl-C.
 """
 
 from __future__ import annotations
