@@ -314,3 +314,45 @@ def test_encrypted_menu_entry_is_what_the_luks_stick_test_boots(trees: dict[str,
     assert "persistence-encryption" not in menu_entry_append(cfg, "neuraldrive")
     with pytest.raises(VMError):
         menu_entry_append(cfg, "missing")
+
+
+def test_nvidia_driver_is_not_loaded_at_every_boot(trees: dict[str, Path], tmp_path: Path) -> None:
+    """NVIDIA's modules-load.d link loads nvidia-drm with or without a GPU; the hook replaces it with a
+    plain file that loads nothing (run here against a copy of that layout)."""
+    hook_path = "config/hooks/live/04-enable-units.hook.chroot"
+    assert "modules-load.d/nvidia.conf" not in (trees["cpu"] / hook_path).read_text()
+    hook = (trees["nvidia"] / hook_path).read_text()
+    block = [line for line in hook.splitlines() if "/etc/modules-load.d/nvidia.conf" in line]
+    assert len(block) == 2, hook
+    (tmp_path / "etc/nvidia").mkdir(parents=True)
+    (tmp_path / "etc/modules-load.d").mkdir()
+    target = tmp_path / "etc/nvidia/nvidia-load.conf"
+    target.write_text("nvidia-drm\n")
+    (tmp_path / "etc/modules-load.d/nvidia.conf").symlink_to(target)
+    script = "\n".join(line.replace("/etc/", f"{tmp_path}/etc/") for line in block)
+    subprocess.run(["sh", "-euc", script], check=True)
+    conf = tmp_path / "etc/modules-load.d/nvidia.conf"
+    assert not conf.is_symlink()
+    assert all(line.startswith("#") for line in conf.read_text().splitlines())
+    assert target.read_text() == "nvidia-drm\n"
+
+
+@pytest.mark.parametrize("driver_loaded", [False, True])
+def test_engine_loads_uvm_only_with_the_nvidia_driver_loaded(trees: dict[str, Path], tmp_path: Path,
+                                                             driver_loaded: bool) -> None:
+    unit = (trees["nvidia"] / INCLUDES / "etc/systemd/system/neuraldrive-ollama.service").read_text()
+    pre = re.findall(r"^ExecStartPre=-\+/bin/sh -c '(.*)'$", unit, re.MULTILINE)
+    assert [("nvidia-current-uvm" in p, "nvidia-modprobe -u" in p) for p in pre] == [(True, False), (False, True)]
+    calls = tmp_path / "calls"
+    recorder = tmp_path / "recorder"
+    recorder.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    recorder.chmod(0o755)
+    module_dir = tmp_path / "sys-module-nvidia"
+    if driver_loaded:
+        module_dir.mkdir()
+    for command in pre:
+        local = command.replace("/sys/module/nvidia", str(module_dir))
+        local = local.replace("/sbin/modprobe", str(recorder)).replace("/usr/bin/nvidia-modprobe", str(recorder))
+        subprocess.run(["sh", "-c", local], check=True)
+    expected = "nvidia-current-uvm\n-u\n" if driver_loaded else None
+    assert (calls.read_text() if calls.exists() else None) == expected
