@@ -96,7 +96,9 @@ def select_qemu() -> Qemu:
     if choice not in ("auto", "host"):
         raise VMError(f"NEURALDRIVE_QEMU={choice!r}: use auto or host")
     if choice == "auto" and (host is None or _major(host) < MIN_MAJOR) and (TOOLS_ROOT / "usr/bin" / BINARY).exists():
-        tools = _version(["chroot", str(TOOLS_ROOT), BINARY]) if os.geteuid() == 0 else None
+        # Asked through the very wrapper the guests use: where mount namespaces or chroot are not
+        # allowed (no root, a locked-down container) the host's QEMU it is, slow but working.
+        tools = _version(Qemu("?", TOOLS_ROOT).command([])) if os.geteuid() == 0 else None
         if tools is not None:
             debug(f"host QEMU {host or 'missing'} is slow under TCG: using the tools root's {tools}")
             return Qemu(tools, TOOLS_ROOT)

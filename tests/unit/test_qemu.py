@@ -47,7 +47,7 @@ def test_unknown_choice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_old_host_qemu_gives_way_to_the_tools_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    versions = {"qemu-system-x86_64": "7.2.22", "chroot": "10.0.13"}
+    versions: dict[str, str | None] = {"qemu-system-x86_64": "7.2.22", "unshare": "10.0.13"}
     monkeypatch.setattr(qemu, "_version", lambda command: versions[command[0]])
     monkeypatch.setattr(qemu, "TOOLS_ROOT", Path("/"))  # "has" usr/bin/qemu-system-x86_64 if the host has
     monkeypatch.setattr(os, "geteuid", lambda: 0)
@@ -61,8 +61,12 @@ def test_old_host_qemu_gives_way_to_the_tools_root(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv("NEURALDRIVE_QEMU", "host")
         assert select_qemu() == Qemu("7.2.22", None)
         select_qemu.cache_clear()
-        versions["qemu-system-x86_64"] = "10.1.0"
         monkeypatch.delenv("NEURALDRIVE_QEMU")
+        versions["unshare"] = None  # no mount namespaces here: the host's, slow but working
+        assert select_qemu() == Qemu("7.2.22", None)
+        select_qemu.cache_clear()
+        versions["unshare"] = "10.0.13"
+        versions["qemu-system-x86_64"] = "10.1.0"  # a host as new as trixie's keeps its own
         assert select_qemu() == Qemu("10.1.0", None)
     finally:
         select_qemu.cache_clear()
