@@ -1,7 +1,7 @@
 """Check rendered systemd units with systemd-analyze as new as the image's.
 
 A host older than the image (bookworm's systemd 252 does not know RestartSteps) verifies inside
-the trixie root scripts/setup-host bootstraps for this (TRIXIE_ROOT); a trixie host uses its own.
+the trixie root scripts/setup-host bootstraps for this (TOOLS_ROOT); a trixie host uses its own.
 `systemd-analyze verify` insists that every ExecStart command exists, so units are checked inside
 a scratch root: the rendered includes, systemd's unit library, and stand-ins for the commands
 only the image has (ollama, caddy, nvidia tools). The stand-ins only satisfy that existence check.
@@ -16,14 +16,14 @@ import subprocess
 import uuid
 from pathlib import Path
 
-TRIXIE_ROOT = Path("/usr/local/lib/neuraldrive-tools/trixie")
+from builder.qemu import TOOLS_ROOT  # the trixie tools root, shared with QEMU
 
 
 def analyze_root() -> Path:
     """Where the systemd-analyze to use lives: the trixie root if there is one (and we may
     chroot), else the host."""
-    if (TRIXIE_ROOT / "usr/bin/systemd-analyze").exists() and os.geteuid() == 0:
-        return TRIXIE_ROOT
+    if (TOOLS_ROOT / "usr/bin/systemd-analyze").exists() and os.geteuid() == 0:
+        return TOOLS_ROOT
     return Path("/")
 
 _EXEC = re.compile(r"^Exec\w+=[-+!@:]*(/\S+)", re.MULTILINE)

@@ -108,7 +108,6 @@ def test_killed_engine_comes_back_within_15s(host: Any) -> None:
     wait_until_engine_answers(host)
 
 
-
 def test_persistent_override_changes_a_setting(host: Any) -> None:
     override = "/var/lib/neuraldrive/config/ollama.conf"
     with host.sudo():
