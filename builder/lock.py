@@ -83,7 +83,7 @@ def resolve_artifacts(
     release assets); `archive_override` is a path or URL for the base archive, verified against
     `override_sha256` when given (which makes the artifact unofficial unless it equals the pin).
     """
-    wanted = [BASE_ARCHIVE] + ([ROCM_ARCHIVE] if "amd" in profile.gpu.vendors else [])
+    wanted = [BASE_ARCHIVE] + ([ROCM_ARCHIVE] if profile.gpu.amd.backend == "rocm" else [])
     pins: dict[str, tuple[str, str, str | None]] = {}
     if profile.ollama.archive is not None:
         pin = profile.ollama.archive

@@ -20,6 +20,8 @@ from .errors import ProfileError
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
 GPU_VENDORS = ("nvidia", "amd", "intel")
+# Vulkan (Mesa's RADV, from Ollama's main archive) or ROCm (its separate ~1 GB archive).
+AMD_BACKENDS = ("vulkan", "rocm")
 COMPRESSIONS = ("zstd", "xz", "gzip", "lzo", "lz4")
 COMPRESSION_LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "lzo": (1, 9)}  # what mksquashfs accepts
 ARCHIVE_AREAS = ("main", "contrib", "non-free", "non-free-firmware")
@@ -69,9 +71,15 @@ class GpuTune:
 
 
 @dataclass(frozen=True)
+class GpuAmd:
+    backend: str = "vulkan"
+
+
+@dataclass(frozen=True)
 class Gpu:
     vendors: tuple[str, ...] = GPU_VENDORS
     tune: GpuTune = field(default_factory=GpuTune)
+    amd: GpuAmd = field(default_factory=GpuAmd)
 
 
 @dataclass(frozen=True)
@@ -333,6 +341,10 @@ def _check_semantics(p: Profile, path: Path) -> None:
             raise bad("gpu.vendors", f"{vendor!r} is not one of {', '.join(GPU_VENDORS)}")
     if len(set(p.gpu.vendors)) != len(p.gpu.vendors):
         raise bad("gpu.vendors", "lists a vendor twice")
+    if p.gpu.amd.backend not in AMD_BACKENDS:
+        raise bad("gpu.amd.backend", f"{p.gpu.amd.backend!r} is not one of {', '.join(AMD_BACKENDS)}")
+    if p.gpu.amd.backend == "rocm" and "amd" not in p.gpu.vendors:
+        raise bad("gpu.amd.backend", "rocm needs amd in gpu.vendors")
     needs = {"nvidia": ("contrib", "non-free", "non-free-firmware"), "amd": ("non-free-firmware",)}
     for vendor in p.gpu.vendors:
         for area in needs.get(vendor, ()):
