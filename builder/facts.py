@@ -21,6 +21,9 @@ OLLAMA_PORT: Final = 11434
 ETC_DIR: Final = "/etc/neuraldrive"
 STATE_DIR: Final = "/var/lib/neuraldrive"
 MODELS_DIR: Final = "/var/lib/neuraldrive/models/"
+# The engine's $HOME: `ollama serve` creates ~/.ollama/id_ed25519 before it listens and exits when
+# it cannot; owned by the engine user, the only place in the state dir besides models/ it may write.
+ENGINE_HOME: Final = "/var/lib/neuraldrive/engine"
 OVERRIDE_DIR: Final = "/var/lib/neuraldrive/config"
 SECRETS_DIR: Final = "/var/lib/neuraldrive/secrets"
 API_KEY_FILE: Final = "/var/lib/neuraldrive/secrets/api-key"

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.image.helpers import Gateway, push_models
+from tests.image.helpers import Gateway, create_model, push_models
 
 REQUIRED = ("NEURALDRIVE_GATEWAY_PORT", "NEURALDRIVE_ENGINE_FORWARD_PORT", "NEURALDRIVE_ISO",
             "NEURALDRIVE_TEST_ARCHIVE", "NEURALDRIVE_STATE", "NEURALDRIVE_PROFILE")
@@ -54,18 +54,15 @@ def state() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A model the engine can load: NEURALDRIVE_TEST_MODELS (+ _MODEL_NAME) for a real Ollama archive,
-    otherwise a test-double model (which only the double can 'load')."""
+    """A model the engine can load, made the same way for the real engine and the double: a tiny real
+    GGUF (tests/fixtures/tiny_gguf.py) imported with `ollama create` on the guest. NEURALDRIVE_TEST_MODELS
+    (+ NEURALDRIVE_TEST_MODEL_NAME) pushes an Ollama models dir of your own instead."""
     supplied = os.environ.get("NEURALDRIVE_TEST_MODELS")
     if supplied:
         push_models(Path(supplied))
         return os.environ.get("NEURALDRIVE_TEST_MODEL_NAME", "tinyllama:latest")
-    if os.environ.get("NEURALDRIVE_OLLAMA_ARCHIVE"):
-        pytest.skip("a real Ollama needs real weights: set NEURALDRIVE_TEST_MODELS=<models dir> "
-                    "and NEURALDRIVE_TEST_MODEL_NAME")
-    from tests.fixtures.ollama_double import write_model
+    from tests.fixtures.tiny_gguf import write_tiny_gguf
 
-    store = tmp_path_factory.mktemp("models")
-    write_model(store, "nd-tiny:latest", size=4 * 1024 * 1024)
-    push_models(store)
+    gguf = write_tiny_gguf(tmp_path_factory.mktemp("gguf") / "nd-tiny.gguf")
+    create_model(gguf, "nd-tiny:latest")
     return "nd-tiny:latest"

@@ -57,10 +57,24 @@ def push_models(models_dir: Path) -> None:
     """Copy an Ollama models dir (manifests/ + blobs/) into the guest's model store over SSH."""
     tar = subprocess.run(["tar", "-C", str(models_dir), "-cf", "-", "manifests", "blobs"],
                          capture_output=True, check=True).stdout
-    subprocess.run(["ssh", "-F", os.environ["NEURALDRIVE_SSH_CONFIG"], "neuraldrive-vm",
-                    "sudo tar -xf - -C /var/lib/neuraldrive/models --no-same-owner && "
-                    "sudo chown -R neuraldrive-ollama:neuraldrive-ollama /var/lib/neuraldrive/models"],
-                   input=tar, check=True, timeout=120)
+    guest("sudo tar -xf - -C /var/lib/neuraldrive/models --no-same-owner && "
+          "sudo chown -R neuraldrive-ollama:neuraldrive-ollama /var/lib/neuraldrive/models", data=tar)
+
+
+def guest(command: str, data: bytes | None = None, timeout: float = 120) -> str:
+    """Run a shell command on the guest as the admin (over the harness's SSH); its stdout."""
+    result = subprocess.run(["ssh", "-F", os.environ["NEURALDRIVE_SSH_CONFIG"], "neuraldrive-vm", command],
+                            input=data, capture_output=True, timeout=timeout, check=False)
+    assert result.returncode == 0, f"{command}: exit {result.returncode}: {result.stderr.decode(errors='replace')}"
+    return result.stdout.decode(errors="replace")
+
+
+def create_model(gguf: Path, name: str) -> None:
+    """Import a GGUF file as model `name` with the engine's own CLI on the guest (`ollama create` from a
+    Modelfile: the CLI uploads the blob to the engine, which writes manifest and blobs itself)."""
+    guest("mkdir -p /tmp/nd-model && cat > /tmp/nd-model/model.gguf", data=gguf.read_bytes())
+    guest("cd /tmp/nd-model && printf 'FROM ./model.gguf\\n' > Modelfile && "
+          f"ollama create {name} -f Modelfile && rm -rf /tmp/nd-model", timeout=300)
 
 
 def wait_until_engine_answers(host: Any, timeout: float = 30) -> None:

@@ -48,6 +48,44 @@ def test_engine_runs_as_its_own_user(host: Any) -> None:
     assert host.user("neuraldrive-ollama").uid == 901
 
 
+HOME = "/var/lib/neuraldrive/engine"
+
+
+def test_engine_home_holds_its_keypair_and_nothing_else_is_writable(host: Any) -> None:
+    """`ollama serve` makes ~/.ollama/id_ed25519 before it listens (cmd/cmd.go initializeKeypair)."""
+    with host.sudo():
+        home = host.file(HOME)
+        assert (home.user, home.group, home.mode) == ("neuraldrive-ollama", "neuraldrive-ollama", 0o700)
+        key = host.file(f"{HOME}/.ollama/id_ed25519")
+        assert key.is_file and key.user == "neuraldrive-ollama" and key.mode == 0o600
+        assert host.file(f"{HOME}/.ollama/id_ed25519.pub").content_string.startswith("ssh-ed25519 ")
+        # Only its home and the model store are the engine's; the state dir and the rest are not.
+        writable = host.run("sudo -u neuraldrive-ollama find /var/lib/neuraldrive -maxdepth 1 -writable")
+    assert sorted(writable.stdout.split()) == [HOME, "/var/lib/neuraldrive/logs",
+                                               "/var/lib/neuraldrive/models"]
+
+
+def test_engine_without_a_writable_home_fails_visibly(host: Any) -> None:
+    """The regression the double hid: with no writable home the real engine exits before listening.
+    The suite must see that (a double that serves anyway would make this test fail)."""
+    try:
+        with host.sudo():
+            host.check_output(f"systemctl stop {UNIT} && mv {HOME} {HOME}.saved && "
+                              f"install -d -m 0755 -o root -g root {HOME}")
+            host.run(f"systemctl start {UNIT}")
+            time.sleep(4)
+            status = host.check_output(f"systemctl show -p ExecMainStatus --value {UNIT}").strip()
+            log = host.check_output(f"journalctl -u {UNIT} -n 20 --no-pager -o cat")
+        assert host.run("curl -sf http://127.0.0.1:11434/api/version").rc != 0, "engine serves without its key"
+        assert status == "1", log
+        assert ".ollama" in log and "permission denied" in log.lower(), log
+    finally:
+        with host.sudo():
+            host.check_output(f"systemctl stop {UNIT}; rm -rf {HOME} && mv {HOME}.saved {HOME} && "
+                              f"systemctl reset-failed {UNIT}; systemctl start {UNIT}")
+    wait_until_engine_answers(host)
+
+
 def test_engine_listens_on_loopback_only(host: Any) -> None:
     listeners = host.check_output("ss -H -ltn").splitlines()
     on_port = [line.split()[3] for line in listeners if line.split()[3].endswith(":11434")]

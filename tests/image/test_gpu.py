@@ -22,7 +22,7 @@ def test_gpu_detect_ran_and_chose_cpu(host: Any) -> None:
         "systemctl show -p ActiveState -p Result neuraldrive-gpu-detect.service").splitlines())
     assert state == {"ActiveState": "active", "Result": "success"}
     env = gpu_env(host)
-    assert env["NEURALDRIVE_ACCEL"] == "cpu"
+    assert env["NEURALDRIVE_GPU_BACKEND"] == "cpu"
     assert env.get("NEURALDRIVE_GPU_COUNT", "0") == "0"
 
 
@@ -30,7 +30,22 @@ def test_engine_sees_the_gpu_env(host: Any) -> None:
     pid = host.check_output("systemctl show -p MainPID --value neuraldrive-ollama.service")
     with host.sudo():
         env = host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
-    assert "NEURALDRIVE_ACCEL=cpu" in env.splitlines()
+    assert "NEURALDRIVE_GPU_BACKEND=cpu" in env.splitlines()
+    assert "OLLAMA_VULKAN=0" in env.splitlines()  # no Vulkan device hunt (nor lavapipe) on a CPU box
+
+
+def test_status_names_the_backend(host: Any) -> None:
+    out = host.check_output("neuraldrive status")
+    assert "backend cpu" in out, out
+
+
+def test_image_carries_only_usable_backends(host: Any, profile_name: str) -> None:
+    vendors = load_profile(profile_name).gpu.vendors
+    libs = host.check_output("ls /usr/local/lib/ollama").split()
+    if "nvidia" not in vendors:
+        assert not [name for name in libs if name.startswith("cuda_")], libs
+    if not {"amd", "intel"} & set(vendors):
+        assert not [name for name in libs if name.startswith("vulkan")], libs
 
 
 def test_nvidia_stack_when_profiled(host: Any, profile_name: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 from tests.image.helpers import save_state
 
 BLOB = "/var/lib/neuraldrive/models/blobs/sha256-persistence-marker"
+ENGINE_KEY = "/var/lib/neuraldrive/engine/.ollama/id_ed25519.pub"
 
 
 def test_state_lives_on_the_persistence_partition(host: Any) -> None:
@@ -23,8 +24,10 @@ def test_write_markers(host: Any, api_key: str) -> None:
         host.check_output(f"head -c 65536 /dev/urandom > {BLOB} && chown neuraldrive-ollama: {BLOB}")
         digest = host.check_output(f"sha256sum {BLOB}").split()[0]
         override = host.check_output("cat /var/lib/neuraldrive/config/ollama.conf")
+        engine_key = host.check_output(f"cat {ENGINE_KEY}")
         host.check_output("sync")
-    save_state({"blob_sha256": digest, "api_key": api_key, "override_file": override})
+    save_state({"blob_sha256": digest, "api_key": api_key, "override_file": override,
+                "engine_key": engine_key})
 
 
 @pytest.mark.after_reboot
@@ -33,6 +36,8 @@ def test_markers_survive_a_reboot(host: Any, api_key: str, state: dict[str, Any]
     with host.sudo():
         assert host.check_output(f"sha256sum {BLOB}").split()[0] == state["blob_sha256"]
         assert host.check_output("cat /var/lib/neuraldrive/config/ollama.conf") == state["override_file"]
+        # The engine made its keypair once, on the first boot; it did not make another.
+        assert host.check_output(f"cat {ENGINE_KEY}") == state["engine_key"]
     assert api_key == state["api_key"]
 
 

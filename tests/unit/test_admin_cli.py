@@ -117,12 +117,12 @@ def test_status(tmp_path: Path, ollama_double: OllamaDouble) -> None:
     ollama.Client(ollama_double.host).load("llama3.2")
     (tmp_path / "gpu.env").write_text(gpu.GpuState(
         present=("nvidia", "intel"), vendor="nvidia", count=1, devices=("0000:01:00.0:10de:25a2",),
-        driver="loaded", accel="cuda").render())
+        driver="loaded", backend="cuda").render())
     ctx, out, run = context(tmp_path, ollama_double.host)
     assert admin.main(["status"], ctx) == 0
     text = out.getvalue()
     assert "API       https://192.168.1.20:8443/  (also https://" in text
-    assert "GPU       nvidia x1, driver loaded, compute on cuda (0000:01:00.0:10de:25a2)" in text
+    assert "GPU       nvidia x1, driver loaded, backend cuda (0000:01:00.0:10de:25a2)" in text
     assert "neuraldrive-ollama.service" in text and "neuraldrive-healthcheck.timer" in text
     assert "@.service" not in text  # templates have no state of their own
     assert "Engine    Ollama 0.0.0-testdouble" in text

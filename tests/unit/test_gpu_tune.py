@@ -39,7 +39,7 @@ def machine(tmp_path: Path, state: object | None, proc_devices: bool = True) -> 
 
 
 NVIDIA = gpu.GpuState(present=("nvidia",), vendor="nvidia", count=1,
-                      devices=("0000:01:00.0:10de:2204",), driver="loaded", accel="cuda")
+                      devices=("0000:01:00.0:10de:2204",), driver="loaded", backend="cuda")
 
 
 def tune(root: Path, monkeypatch: pytest.MonkeyPatch, runner: FakeRunner | None = None,
@@ -92,7 +92,7 @@ def test_clock_range_and_persistence_off(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_one_node_per_card_and_existing_nodes_kept(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    four = gpu.GpuState(present=("nvidia",), vendor="nvidia", count=4, driver="loaded", accel="cuda")
+    four = gpu.GpuState(present=("nvidia",), vendor="nvidia", count=4, driver="loaded", backend="cuda")
     root = machine(tmp_path, four)
     (root / "dev/nvidiactl").touch()  # made by someone else: left alone
     _, _, mknod = tune(root, monkeypatch)

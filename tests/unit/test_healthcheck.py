@@ -18,7 +18,7 @@ gpu = lib("gpu")
 health = lib("health")
 
 Usage = namedtuple("Usage", "total used free")
-NVIDIA = gpu.GpuState(present=("nvidia",), vendor="nvidia", count=2, driver="loaded", accel="cuda")
+NVIDIA = gpu.GpuState(present=("nvidia",), vendor="nvidia", count=2, driver="loaded", backend="cuda")
 
 
 def dead_host() -> str:
@@ -93,7 +93,7 @@ def test_nvidia_smi_failure_is_reported(tmp_path: Path, ollama_double: OllamaDou
 
 @pytest.mark.parametrize("state", [
     gpu.GpuState(),
-    gpu.GpuState(present=("amd",), vendor="amd", count=1, driver="loaded", accel="rocm"),
+    gpu.GpuState(present=("amd",), vendor="amd", count=1, driver="loaded", backend="rocm"),
     gpu.GpuState(present=("nvidia",), vendor="nvidia", count=1, driver="missing"),
 ])
 def test_vram_is_only_queried_on_a_working_nvidia(tmp_path: Path, ollama_double: OllamaDouble,

@@ -41,7 +41,7 @@ def test_console_shows_url_key_and_status(tmp_path: Path, monkeypatch: pytest.Mo
                                           ollama_double: OllamaDouble) -> None:
     (tmp_path / "key").write_text("nd-AbC_123-xyz\n")
     (tmp_path / "gpu.env").write_text(gpu.GpuState(
-        present=("amd",), vendor="amd", count=1, driver="loaded", accel="rocm").render())
+        present=("amd",), vendor="amd", count=1, driver="loaded", backend="rocm").render())
     code, run = refresh(tmp_path, monkeypatch, ollama_double.host)
     assert code == 0
     text = (tmp_path / "issue").read_text()
@@ -49,7 +49,7 @@ def test_console_shows_url_key_and_status(tmp_path: Path, monkeypatch: pytest.Mo
     assert f"or  https://{socket.gethostname()}:8443/" in text
     assert "API key:  nd-AbC_123-xyz" in text
     assert "Engine:   Ollama 0.0.0-testdouble, models loaded: none" in text
-    assert "GPU:      amd x1, driver loaded, compute on rocm" in text
+    assert "GPU:      amd x1, driver loaded, backend rocm" in text
     assert stat.S_IMODE(os.stat(tmp_path / "issue").st_mode) == 0o644  # getty reads it
     assert ["agetty", "--reload"] in run.calls
 

@@ -24,8 +24,9 @@ class Vendor:
     modules: tuple[str, ...]
     # Tried after the modules above; failing is normal (e.g. an older kernel or card).
     optional_modules: tuple[str, ...]
-    # What the engine computes with once the driver is loaded.
-    accel: str
+    # Ollama backend the engine computes with once the driver is loaded (the image's
+    # NEURALDRIVE_GPU_BACKENDS may name another one, e.g. amd=rocm).
+    backend: str
 
 
 # In order of preference: on a box with several, the engine uses the first one present.
@@ -34,12 +35,13 @@ VENDORS: tuple[Vendor, ...] = (
     # Debian's packaged driver renames the modules nvidia-current*.
     Vendor("nvidia", "10de", ("nvidia-current", "nvidia-current-uvm", "nvidia-current-drm"),
            (), "cuda"),
-    Vendor("amd", "1002", ("amdgpu",), (), "rocm"),
-    # Intel: i915 drives the display; xe binds only the newest cards (best effort). Inference
-    # stays on the CPU: Ollama's official build ships no Intel (oneAPI/SYCL) runner and
-    # trixie has no Intel compute runtime (intel-opencl-icd) for its Vulkan path to use.
-    Vendor("intel", "8086", ("i915",), ("xe",), "cpu"),
+    # AMD and Intel compute through Ollama's bundled Vulkan backend (on by default since 0.30)
+    # on Mesa's RADV / ANV drivers; ROCm is the amd profile's opt-in.
+    Vendor("amd", "1002", ("amdgpu",), (), "vulkan"),
+    # Intel: i915 drives iGPUs and Arc (DG2); xe binds only the newest cards (best effort).
+    Vendor("intel", "8086", ("i915",), ("xe",), "vulkan"),
 )
+BACKENDS = ("cuda", "vulkan", "rocm", "cpu")
 VENDOR_BY_PCI_ID = {v.pci_id: v for v in VENDORS}
 VENDOR_BY_NAME = {v.name: v for v in VENDORS}
 
@@ -121,7 +123,7 @@ class GpuState:
     count: int = 0
     devices: tuple[str, ...] = ()
     driver: str = "none"  # loaded | missing | none
-    accel: str = "cpu"  # cuda | rocm | cpu
+    backend: str = "cpu"  # one of BACKENDS
 
     def render(self) -> str:
         lines = [
@@ -132,7 +134,10 @@ class GpuState:
             f'NEURALDRIVE_GPU_COUNT="{self.count}"',
             f'NEURALDRIVE_GPU_DEVICES="{" ".join(self.devices)}"',
             f'NEURALDRIVE_GPU_DRIVER="{self.driver}"',
-            f'NEURALDRIVE_ACCEL="{self.accel}"',
+            f'NEURALDRIVE_GPU_BACKEND="{self.backend}"',
+            "# Ollama's Vulkan backend only when it is the chosen one: not beside CUDA or ROCm (an",
+            "# Intel iGPU next to an NVIDIA card would take layers), not on a CPU-only machine.",
+            f'OLLAMA_VULKAN="{1 if self.backend == "vulkan" else 0}"',
         ]
         return "\n".join(lines) + "\n"
 
@@ -148,7 +153,7 @@ class GpuState:
             count=count,
             devices=tuple(values.get("NEURALDRIVE_GPU_DEVICES", "").split()),
             driver=values.get("NEURALDRIVE_GPU_DRIVER", "none") or "none",
-            accel=values.get("NEURALDRIVE_ACCEL", "cpu") or "cpu",
+            backend=values.get("NEURALDRIVE_GPU_BACKEND", "cpu") or "cpu",
         )
 
     @property
@@ -161,7 +166,7 @@ class GpuState:
             if self.present:
                 return f"none usable (found {' '.join(self.present)}; no driver in this image); CPU"
             return "none found; CPU"
-        text = f"{self.vendor} x{self.count}, driver {self.driver}, compute on {self.accel}"
+        text = f"{self.vendor} x{self.count}, driver {self.driver}, backend {self.backend}"
         return text + (f" ({' '.join(self.devices)})" if self.devices else "")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .common import Runner, Settings, atomic_write, fail, log, run_command
-from .gpu import Detection, GpuState, PciDevice, Vendor, detect, parse_lspci, scan_sysfs
+from .gpu import BACKENDS, VENDORS, Detection, GpuState, PciDevice, Vendor, detect, parse_lspci, scan_sysfs
 from .paths import GPU_ENV
 
 PROG = "gpu-detect"
@@ -82,7 +82,20 @@ def load_drivers(vendors: Sequence[Vendor], run: Runner, dry_run: bool) -> dict[
     return loaded
 
 
-def gpu_state(found: Detection, loaded: dict[str, bool]) -> GpuState:
+def chosen_backends(settings: Settings) -> dict[str, str]:
+    """NEURALDRIVE_GPU_BACKENDS="amd=rocm ..." (the image's choice) over each vendor's default."""
+    backends = {v.name: v.backend for v in VENDORS}
+    for word in settings.words("NEURALDRIVE_GPU_BACKENDS"):
+        vendor, _, backend = word.partition("=")
+        if vendor not in backends or backend not in BACKENDS:
+            log(f"NEURALDRIVE_GPU_BACKENDS: ignoring {word!r} (vendor=backend, backend one of "
+                f"{' '.join(BACKENDS)})", "warning")
+            continue
+        backends[vendor] = backend
+    return backends
+
+
+def gpu_state(found: Detection, loaded: dict[str, bool], backends: dict[str, str]) -> GpuState:
     if found.chosen is None:
         return GpuState(present=found.present)
     ok = loaded.get(found.chosen.name, False)
@@ -92,13 +105,14 @@ def gpu_state(found: Detection, loaded: dict[str, bool]) -> GpuState:
         count=len(found.devices),
         devices=tuple(d.label() for d in found.devices),
         driver="loaded" if ok else "missing",
-        accel=found.chosen.accel if ok else "cpu",
+        backend=backends[found.chosen.name] if ok else "cpu",
     )
 
 
 def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
     args = build_parser().parse_args(argv)
-    image_vendors = Settings(os.environ).words("NEURALDRIVE_GPU_VENDORS")
+    settings = Settings(os.environ)
+    image_vendors = settings.words("NEURALDRIVE_GPU_VENDORS")
     try:
         devices = find_devices(args, run)
     except (OSError, UnicodeDecodeError) as exc:
@@ -113,7 +127,7 @@ def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
         log(f"found {' '.join(unsupported)} GPU(s) but this image has no driver for them "
             f"(NEURALDRIVE_GPU_VENDORS={' '.join(image_vendors) or '(none)'})", "warning")
     loaded = load_drivers(found.supported, run, args.dry_run)
-    state = gpu_state(found, loaded)
+    state = gpu_state(found, loaded, chosen_backends(settings))
     target = Path(args.root) / GPU_ENV.lstrip("/")
     if args.dry_run:
         print(f"would write {target}:")
