@@ -237,14 +237,18 @@ def clean(cache_dir: Path, everything: bool) -> None:
               help="Also write stick images with `usb --image` and boot them as disks (root): a plain one "
                    "BIOS then UEFI (persistence across the reboot), and a LUKS one unlocked on the serial "
                    "console through the ISO's \"encrypted persistence\" menu entry.")
+@click.option("--ollama-archive", "real_archive", metavar="PATH", envvar="NEURALDRIVE_OLLAMA_ARCHIVE",
+              type=click.Path(path_type=Path),
+              help="Run the same suite against this (real) ollama-linux-amd64.tar.zst instead of the test "
+                   "double (env NEURALDRIVE_OLLAMA_ARCHIVE).")
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir: Path, modes: str, accel: str,
-             offline: bool, no_cache: bool, stick: bool, verbose: bool) -> None:
+             offline: bool, no_cache: bool, stick: bool, real_archive: Path | None, verbose: bool) -> None:
     """Boot a test ISO in QEMU and check it with testinfra (tests/image).
 
     Without --iso, builds the profile's ISO first (needs root) with a per-run SSH key and the
-    Ollama-API test double served from 127.0.0.1. With NEURALDRIVE_OLLAMA_ARCHIVE=/path/to/
+    Ollama-API test double served from 127.0.0.1. With --ollama-archive /path/to/
     ollama-linux-amd64.tar.zst the same suite runs against that (real) archive instead.
     """
     import tempfile
@@ -263,10 +267,9 @@ def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir:
             raise ProfileError(f"--modes: {mode!r} is not (bios|uefi)-(cd|disk)")
     profile = load_profile(profile_name)
     with tempfile.TemporaryDirectory(prefix="neuraldrive-run-") as tmp:
-        real_archive = os.environ.get("NEURALDRIVE_OLLAMA_ARCHIVE")
-        archive = Path(real_archive) if real_archive else test_double_archive(Path(tmp) / "double")
+        archive = real_archive.resolve() if real_archive else test_double_archive(Path(tmp) / "double")
         if real_archive and not archive.is_file():
-            raise ProfileError(f"NEURALDRIVE_OLLAMA_ARCHIVE: {archive}: no such file")
+            raise ProfileError(f"--ollama-archive: {real_archive}: no such file")
         if iso_path is None:
             from builder.guest import generate_key
 
