@@ -64,9 +64,16 @@ def test_admin_status_shows_the_api_url(host: Any) -> None:
     assert ":8443" in out
 
 
-def test_console_shows_url_and_key(host: Any, api_key: str) -> None:
-    issue = host.file("/etc/issue").content_string
+def test_console_shows_url_and_key_to_root_only(host: Any, api_key: str) -> None:
+    with host.sudo():
+        issue = host.file("/etc/issue").content_string
+        issue_mode = host.file("/etc/issue").mode
     assert api_key in issue and ":8443" in issue
+    assert issue_mode == 0o600  # agetty (root) shows it; no other account or service reads it
+    # Caddy keeps no copy of its adapted config (which would hold the expanded key).
+    with host.sudo():
+        saved = host.run("grep -rl nd- /var/lib/neuraldrive-caddy /var/lib/caddy 2>/dev/null").stdout
+    assert saved.strip() == ""
 
 
 def test_health_check_restarts_a_stopped_engine(host: Any) -> None:

@@ -134,6 +134,47 @@ def test_recovery_restarts_an_engine_that_is_not_starting_or_stopping(state: str
     assert code == (0 if expected else health.EXIT_WARNING)
 
 
+@pytest.mark.parametrize(("monitor", "restarts"), [
+    ({"MONITOR_EXIT_CODE": "exited", "MONITOR_EXIT_STATUS": "1", "MONITOR_SERVICE_RESULT": "exit-code"}, True),
+    ({"MONITOR_EXIT_CODE": "killed", "MONITOR_EXIT_STATUS": "TERM", "MONITOR_SERVICE_RESULT": "timeout"}, True),
+    ({"MONITOR_EXIT_CODE": "exited", "MONITOR_EXIT_STATUS": "2", "MONITOR_SERVICE_RESULT": "exit-code"}, False),
+    ({"MONITOR_EXIT_CODE": "killed", "MONITOR_EXIT_STATUS": "SEGV", "MONITOR_SERVICE_RESULT": "signal"}, False),
+])
+def test_recovery_restarts_only_when_the_engine_failed_the_check(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], monitor: dict[str, str],
+        restarts: bool) -> None:
+    for key, value in monitor.items():
+        monkeypatch.setenv(key, value)
+    run = FakeRunner({("systemctl", "is-active"): (0, "active\n", "")})
+    code = health.main(["--restart-engine"], run)
+    assert bool(run.commands("systemctl")) == restarts
+    if not restarts:
+        assert code == health.EXIT_FAILED
+        assert "left alone" in capsys.readouterr().out
+
+
+def test_a_typo_in_the_settings_never_restarts_the_engine(tmp_path: Path) -> None:
+    """End to end through the programs: the check exits 2 on a bad setting; the recovery unit, handed
+    that result by systemd, leaves the engine alone."""
+    check = subprocess.run([*program("usr/lib/neuraldrive/healthcheck"), "--state-dir", str(tmp_path)],
+                           env=clean_env(NEURALDRIVE_HEALTH_API_TIMEOUT="5s", OLLAMA_HOST="127.0.0.1:9"),
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert check.returncode == health.EXIT_USAGE, check.stderr
+    assert "NEURALDRIVE_HEALTH_API_TIMEOUT" in check.stderr
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    (bindir / "systemctl").write_text(f'#!/bin/sh\necho "$*" >> {calls}\necho active\n')
+    (bindir / "systemctl").chmod(0o755)
+    recover = subprocess.run(
+        [*program("usr/lib/neuraldrive/healthcheck"), "--restart-engine"],
+        env=clean_env(PATH=f"{bindir}:/usr/bin:/bin", MONITOR_EXIT_CODE="exited",
+                      MONITOR_EXIT_STATUS=str(check.returncode), MONITOR_SERVICE_RESULT="exit-code"),
+        capture_output=True, text=True, timeout=30, check=False)
+    assert recover.returncode == health.EXIT_FAILED
+    assert not calls.exists(), calls.read_text()
+
+
 def test_recovery_failure_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     run = FakeRunner({("systemctl", "is-active"): (0, "active\n", ""),
                       ("systemctl", "restart"): (1, "", "Failed to restart: Access denied\n")})

@@ -50,7 +50,7 @@ def test_console_shows_url_key_and_status(tmp_path: Path, monkeypatch: pytest.Mo
     assert "API key:  nd-AbC_123-xyz" in text
     assert "Engine:   Ollama 0.0.0-testdouble, models loaded: none" in text
     assert "GPU:      amd x1, driver loaded, backend rocm" in text
-    assert stat.S_IMODE(os.stat(tmp_path / "issue").st_mode) == 0o644  # getty reads it
+    assert stat.S_IMODE(os.stat(tmp_path / "issue").st_mode) == 0o600  # agetty (root) reads it; nobody else
     assert ["agetty", "--reload"] in run.calls
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,8 +90,28 @@ def check_disk(path: Path, warn: int) -> Finding:
                           f"warning at {warn}%)")
 
 
-def restart_engine(run: Runner) -> Finding:
+def failed_check_blames_the_engine(monitor: Mapping[str, str]) -> Finding | None:
+    """None when the failed check means the engine did not answer; else why not to restart it.
+
+    systemd hands an OnFailure= unit the failed unit's result (MONITOR_* since v251). Only exit 1
+    (engine down) or a hung check is the engine's fault; exit 2 is the check's own settings, and
+    restarting a healthy engine for a typo would kill inference every interval.
+    """
+    code, status = monitor.get("MONITOR_EXIT_CODE", ""), monitor.get("MONITOR_EXIT_STATUS", "")
+    if not code or monitor.get("MONITOR_SERVICE_RESULT") == "timeout":
+        return None  # run by hand, or the check itself hung
+    if code == "exited" and status == str(EXIT_FAILED):
+        return None
+    return Finding("error", f"the health check failed ({code} {status}) for a reason other than the "
+                            f"engine (bad settings? see journalctl -u {monitor.get('MONITOR_UNIT', PROG)}); "
+                            f"{ENGINE_UNIT} left alone")
+
+
+def restart_engine(run: Runner, monitor: Mapping[str, str]) -> Finding:
     """Restart a running-but-hung (or failed) engine; leave one an admin stopped alone."""
+    not_the_engine = failed_check_blames_the_engine(monitor)
+    if not_the_engine is not None:
+        return not_the_engine
     state = run(["systemctl", "is-active", ENGINE_UNIT]).stdout.strip() or "unknown"
     # An appliance's engine is always meant to run: a stopped one is brought back too (to keep it
     # down for maintenance, stop neuraldrive-healthcheck.timer first).
@@ -143,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
     args = build_parser().parse_args(argv)
     if args.restart_engine:
-        return report([restart_engine(run)])
+        return report([restart_engine(run, os.environ)])
     try:
         return run_checks(Settings(os.environ), args.gpu_env, args.state_dir, run)
     except ConfigError as exc:

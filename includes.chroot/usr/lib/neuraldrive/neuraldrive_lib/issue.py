@@ -98,7 +98,8 @@ def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
     except (OSError, UnicodeDecodeError):
         pass  # missing or unreadable: write it
     try:
-        atomic_write(args.output, text, mode=0o644)
+        # Root-only: agetty (root) shows it at the console; no other account or service reads the key.
+        atomic_write(args.output, text, mode=0o600)
     except OSError as exc:
         return fail(PROG, f"cannot write {args.output}: {exc.strerror or exc}")
     # Running gettys only re-read the file when told (or at the next prompt).
