@@ -68,8 +68,9 @@ def ollama_double(tmp_path: Path) -> Iterator[OllamaDouble]:
     for _attempt in range(3):  # the free port can be grabbed before we bind it
         double = OllamaDouble(_free_port(), models_dir)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+        # serve writes $HOME/.ollama/id_ed25519 at start-up, as `ollama serve` does
         env.update(OLLAMA_HOST=double.host, OLLAMA_MODELS=str(models_dir),
-                   OLLAMA_TESTDOUBLE_UNLOAD_DELAY="0.5")
+                   OLLAMA_TESTDOUBLE_UNLOAD_DELAY="0.5", HOME=str(tmp_path / "home"))
         with open(log, "wb") as log_file:
             proc = subprocess.Popen([sys.executable, str(SCRIPT), "serve"], env=env,
                                     stdout=log_file, stderr=subprocess.STDOUT)

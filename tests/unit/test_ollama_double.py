@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.machinery
-import importlib.util
+import importlib
 import json
 import os
 import signal
@@ -68,24 +67,28 @@ def run_cli(host: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 @functools.cache
 def load_script() -> ModuleType:
-    """Import the extension-less script as a module for unit-level checks."""
-    loader = importlib.machinery.SourceFileLoader("ollama_double_script", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # dataclasses look their module up here
-    loader.exec_module(module)
-    return module
+    """The double's Go-semantics module (lib/ollama/testdouble/goenv.py)."""
+    lib = str(SCRIPT.parent / "lib" / "ollama")
+    if lib not in sys.path:
+        sys.path.insert(0, lib)
+    return importlib.import_module("testdouble.goenv")
 
 
 # ---- program basics ---------------------------------------------------------
 
-def test_version_says_test_double() -> None:
+def test_version_asks_the_server(ollama_double: Any) -> None:
+    """versionHandler (cmd/cmd.go): the server's version; warnings when it is down."""
     assert os.access(SCRIPT, os.X_OK)
     for flag in ("--version", "-v"):
-        out = subprocess.run([str(SCRIPT), flag], capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == ("ollama version is 0.0.0-testdouble "
-                                      "(NeuralDrive Ollama-API test double, not Ollama)")
+        out = run_cli(ollama_double.host, flag)
+        assert out.stdout == "ollama version is 0.0.0-testdouble\n"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{sock.getsockname()[1]}"
+    out = run_cli(down, "--version")
+    assert out.returncode == 0
+    assert out.stdout == ("Warning: could not connect to a running Ollama instance\n"
+                          "Warning: client version is 0.0.0-testdouble\n")
 
 
 def test_help_mentions_test_double() -> None:
@@ -280,12 +283,14 @@ def test_serve_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(tmp_path)}
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(tmp_path),
+           "HOME": str(tmp_path / "home")}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "serve"], env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
-        assert "Listening on" in proc.stderr.readline()
+        while "Listening on" not in proc.stderr.readline():
+            assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
     finally:
@@ -307,12 +312,14 @@ def test_archive_is_reproducible_and_official_layout(tmp_path: Path) -> None:
     subprocess.run(["zstd", "-q", "-d", str(first), "-o", str(tar_path)], check=True)
     with tarfile.open(tar_path) as tar:
         members = {m.name: m for m in tar.getmembers()}
-        assert sorted(members) == ["bin", "bin/ollama", "lib", "lib/ollama",
-                                   "lib/ollama/TEST-DOUBLE"]
+        assert {"bin", "bin/ollama", "lib", "lib/ollama", "lib/ollama/TEST-DOUBLE",
+                "lib/ollama/llama-server", "lib/ollama/testdouble/cli.py"} <= set(members)
+        assert not [n for n in members if "__pycache__" in n or n.endswith(".pyc")]
+        assert members["lib/ollama/llama-server"].mode == 0o755
         assert members["bin/ollama"].mode == 0o755 and members["bin/ollama"].isfile()
         assert all(m.uid == 0 and m.uname == "root" for m in members.values())
         tar.extractall(tmp_path / "root", filter="data")
     binary = tmp_path / "root" / "bin" / "ollama"
     assert stat.S_IMODE(binary.stat().st_mode) & 0o111
-    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True)
-    assert "test double" in out.stdout
+    out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=True)
+    assert "TEST DOUBLE" in out.stdout
