@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from builder import steps
-from builder.errors import NeuralDriveError, ProfileError
+from builder.errors import NeuralDriveError, OptionError, ProfileError
 from builder.profile import Profile, load_profile
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,6 +86,9 @@ def _profile(name: str, authorized_keys: Path | None = None) -> Profile:
             raise ProfileError(f"{profile.source}: ssh.enabled: --authorized-keys given but SSH is off")
         if not authorized_keys.is_file():
             raise ProfileError(f"--authorized-keys: {authorized_keys}: no such file")
+        from builder.sshkeys import read_authorized_keys
+
+        read_authorized_keys(authorized_keys)  # only public keys: errors name the file and line
         profile = replace(profile, ssh=replace(profile.ssh, authorized_keys=str(authorized_keys.resolve())))
     return profile
 
@@ -144,10 +147,28 @@ def tree(profile_name: str, out_dir: Path, cache_dir: Path, offline: bool, verbo
     options = _artifact_opts(offline, artifact_mirror, ollama_archive, ollama_sha256, allow_unofficial_artifacts)
     staged = [] if no_artifacts else fetch_all(artifacts_for(profile, options), cache_dir, offline)
     target = tree_dir or out_dir / f"tree-{profile.name}"
-    if target.exists():
-        shutil.rmtree(target)
+    _clear_tree_dir(target)
+    target.mkdir(parents=True)
+    (target / TREE_MARKER).write_text(TREE_MARKER_TEXT, encoding="utf-8")
     render_tree(profile, target, staged)
     click.echo(str(target))
+
+
+TREE_MARKER = ".neuraldrive-tree"
+TREE_MARKER_TEXT = "Rendered by `build.py tree`: the next `build.py tree` with this --tree-dir replaces it.\n"
+
+
+def _clear_tree_dir(target: Path) -> None:
+    """Remove a tree this command made (it holds the marker); refuse anything else."""
+    if not os.path.lexists(target):
+        return
+    marker = target / TREE_MARKER
+    ours = (not target.is_symlink() and target.is_dir() and marker.is_file() and not marker.is_symlink()
+            and marker.read_text(encoding="utf-8", errors="replace") == TREE_MARKER_TEXT)
+    if not ours:
+        raise OptionError(f"--tree-dir: {target}: exists and was not made by `build.py tree` "
+                          f"(no {TREE_MARKER}); remove it yourself or choose another directory")
+    shutil.rmtree(target)
 
 
 @cli.command()
@@ -255,7 +276,7 @@ def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir:
 
     from builder.artifacts import sha256_file
     from builder.errors import VMError
-    from builder.imagetest import key_for_iso, run_image_tests, serve_directory, test_double_archive
+    from builder.imagetest import key_for_iso, run_image_tests, serve_files, test_double_archive
     from builder.pipeline import ArtifactOptions, build_iso
     from builder.vm import FIRMWARES, MEDIA
 
@@ -275,7 +296,7 @@ def test_cmd(iso_path: Path | None, profile_name: str, out_dir: Path, cache_dir:
 
             key = generate_key(Path(tmp))
             profile = _profile(str(profile.source), Path(f"{key}.pub"))
-            with serve_directory(archive.parent) as url:
+            with serve_files({archive.name: archive}) as url:
                 if real_archive:
                     options = ArtifactOptions(archive=str(archive), archive_sha256=sha256_file(archive),
                                               offline=offline)
@@ -311,7 +332,7 @@ def bench(profile_name: str, out_dir: Path, boot_runs: int, modes: str, verbose:
     from builder.artifacts import sha256_file
     from builder.bench import run_bench
     from builder.guest import generate_key
-    from builder.imagetest import serve_directory, test_double_archive
+    from builder.imagetest import serve_files, test_double_archive
     from builder.pipeline import ArtifactOptions
 
     steps.set_verbose(verbose)
@@ -324,7 +345,7 @@ def bench(profile_name: str, out_dir: Path, boot_runs: int, modes: str, verbose:
         if profile.ssh.enabled:
             key = generate_key(Path(tmp))
             profile = _profile(profile.source, Path(f"{key}.pub"))
-        with serve_directory(archive.parent) as url:
+        with serve_files({archive.name: archive}) as url:
             options = ArtifactOptions(archive=str(archive) if real_archive else f"{url}{archive.name}",
                                       archive_sha256=sha256_file(archive), allow_unofficial=True)
             run_bench(profile, options, out_dir, boot_runs, key, mode_list)
@@ -397,7 +418,7 @@ def usb(iso_path: Path, device: str | None, image_path: Path | None, size: str, 
     import tempfile
 
     from builder import usb as usb_module
-    from builder.profile import preload_store_path
+    from builder.profile_checks import preload_store_path
 
     if (device is None) == (image_path is None):
         raise usb_module.UsbError("give exactly one of --device /dev/sdX or --image FILE")

@@ -13,6 +13,12 @@ class ProfileError(NeuralDriveError):
     exit_code = 2
 
 
+class OptionError(NeuralDriveError):
+    """A command-line option the CLI will not act on (e.g. a --tree-dir it did not make)."""
+
+    exit_code = 2
+
+
 class LockError(NeuralDriveError):
     exit_code = 2
 
@@ -41,5 +47,11 @@ class VMError(NeuralDriveError):
 
 class UnofficialArtifactError(ArtifactError):
     """A release profile was given an archive that is not an official release asset."""
+
+    exit_code = 2
+
+
+class UnsafeArchiveError(ArtifactError):
+    """A verified archive holds something the builder will not write (device, `..`, escaping link)."""
 
     exit_code = 2

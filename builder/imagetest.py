@@ -25,8 +25,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 from .errors import VMError
 from .guest import SshAccess, close_master, ssh, ssh_answers, write_ssh_config
@@ -66,11 +66,42 @@ class Summary:
         return self.failed == 0 and not self.errors and self.passed > 0
 
 
+class _FileMapHandler(http.server.BaseHTTPRequestHandler):
+    """GET/HEAD /NAME for exactly the names in `files`; 404 for every other path."""
+
+    files: ClassVar[dict[str, Path]] = {}
+
+    def do_GET(self) -> None:
+        self._answer(with_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(with_body=False)
+
+    def _answer(self, with_body: bool) -> None:
+        path = self.files.get(self.path)
+        if path is None:
+            self.send_error(404)
+            return
+        with path.open("rb") as stream:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(os.fstat(stream.fileno()).st_size))
+            self.end_headers()
+            if with_body:
+                shutil.copyfileobj(stream, self.wfile)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @contextmanager
-def serve_directory(directory: Path) -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 (a random port) for the build's artifact fetch."""
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+def serve_files(files: dict[str, Path]) -> Iterator[str]:
+    """Serve exactly `files` (URL name -> file) on 127.0.0.1 (a random port) for the build's
+    artifact fetch: never the directory they sit in (a temp dir, the user's downloads, …)."""
+    for name in files:
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"serve_files: {name!r} is not a plain file name")
+    handler = type("FileMap", (_FileMapHandler,), {"files": {f"/{n}": Path(p) for n, p in files.items()}})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

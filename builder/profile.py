@@ -13,25 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import yaml
-
 from .errors import ProfileError
+from .escape import describe, first_control
+from .profile_checks import GPU_VENDORS, check_profile  # also: the other vocabularies, file paths
+from .profile_yaml import read_yaml, shown
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
-
-GPU_VENDORS = ("nvidia", "amd", "intel")
-# Vulkan (Mesa's RADV, from Ollama's main archive) or ROCm (its separate ~1 GB archive).
-AMD_BACKENDS = ("vulkan", "rocm")
-COMPRESSIONS = ("zstd", "xz", "gzip", "lzo", "lz4")
-COMPRESSION_LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "lzo": (1, 9)}  # what mksquashfs accepts
-ARCHIVE_AREAS = ("main", "contrib", "non-free", "non-free-firmware")
-KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
-_GO_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^-?\d+$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-_PKG = re.compile(r"^[a-z0-9][a-z0-9+.-]+(/[a-z0-9-]+)?$")
-_MODEL = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?(:[A-Za-z0-9._-]{1,128})?$")
-_URL = re.compile(r"^(https?|file)://\S+$")
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~-]*$")
+MAX_STRING = 4096
 
 
 @dataclass(frozen=True)
@@ -184,46 +172,39 @@ def resolve_profile_path(name_or_path: str) -> Path:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
-        raise ProfileError(f"{path}: no such profile (known: {known})")
+        raise ProfileError(f"{shown(path)}: no such profile (known: {known})")
     return path.resolve()
 
 
 def load_profile(name_or_path: str) -> Profile:
     path = resolve_profile_path(name_or_path)
     data = _load_layered(path, seen=())
-    name = path.stem
+    preset = {"name": path.stem, "source": str(path)}
     try:
-        profile: Profile = _build(Profile, {"name": name, "source": str(path), **data}, "")
+        profile: Profile = _build(Profile, data, "", preset)
     except _FieldError as exc:
-        raise ProfileError(f"{path}: {exc.field}: {exc.message}") from None
-    _check_semantics(profile, path)
+        raise ProfileError(f"{shown(path)}: {shown(exc.field)}: {shown(exc.message)}") from None
+    check_profile(profile, path)
     return profile
 
 
 def _load_layered(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path in seen:
         chain = " -> ".join(p.stem for p in (*seen, path))
-        raise ProfileError(f"{path}: extends: cycle ({chain})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ProfileError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ProfileError(f"{shown(path)}: extends: cycle ({shown(chain)})")
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ProfileError(f"{path}: top level must be a mapping, not {type(raw).__name__}")
+        raise ProfileError(f"{shown(path)}: top level must be a mapping, not {type(raw).__name__}")
     parent_name = raw.pop("extends", None)
     if parent_name is None:
         return raw
-    if not isinstance(parent_name, str):
-        raise ProfileError(f"{path}: extends: must be a profile name")
+    if not isinstance(parent_name, str) or first_control(parent_name) is not None:
+        raise ProfileError(f"{shown(path)}: extends: must be a profile name")
     parent_path = (PROFILES_DIR / f"{parent_name}.yaml") if "/" not in parent_name else path.parent / parent_name
     if not parent_path.is_file():
-        raise ProfileError(f"{path}: extends: no profile named {parent_name!r}")
+        raise ProfileError(f"{shown(path)}: extends: no profile named {parent_name!r}")
     base = _load_layered(parent_path.resolve(), (*seen, path))
     # `release` is a property of each file, never inherited: a test profile must say so itself.
     base.pop("release", None)
@@ -248,16 +229,18 @@ class _FieldError(Exception):
         self.message = message
 
 
-def _build(cls: type[Any], data: Any, prefix: str) -> Any:
+def _build(cls: type[Any], data: Any, prefix: str, preset: dict[str, Any] | None = None) -> Any:
+    """`preset`: fields the loader fills (never keys of the file); checked like any other value."""
     where = prefix.rstrip(".") or "(top)"
     if not isinstance(data, dict):
         raise _FieldError(where, f"must be a mapping, not {_kind(data)}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - set(preset or {})
     unknown = sorted(set(data) - names)
     if unknown:
         raise _FieldError(f"{prefix}{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(names))})")
-    kwargs = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in data.items()}
+    items = {**data, **(preset or {})}
+    kwargs = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in items.items()}
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -298,134 +281,13 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     if hint is str:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise _FieldError(where, f"must be a string, not {_kind(value)}")
-        return str(value)
+        text = str(value)
+        # One check for every string field: no value may start a new line (or look like one) in the
+        # shell, unit, env and Caddy files it is rendered into.
+        bad = first_control(text)
+        if bad is not None:
+            raise _FieldError(where, f"control character {describe(bad)} in {text[:60]!r}")
+        if len(text) > MAX_STRING:
+            raise _FieldError(where, f"longer than {MAX_STRING} characters")
+        return text
     raise _FieldError(where, f"unsupported type {hint}")  # pragma: no cover - schema bug
-
-
-def _check_semantics(p: Profile, path: Path) -> None:
-    def bad(field_name: str, message: str) -> ProfileError:
-        return ProfileError(f"{path}: {field_name}: {message}")
-
-    if not _NAME.match(p.name):
-        raise bad("name", f"profile file name {p.name!r} must be lower-case letters, digits and '-'")
-    if not _NAME.match(p.image.name):
-        raise bad("image.name", f"{p.image.name!r} must be lower-case letters, digits and '-'")
-    if not _NAME.match(p.image.hostname):
-        raise bad("image.hostname", f"{p.image.hostname!r} is not a valid host name")
-    if not _VERSION.match(p.image.version):
-        raise bad("image.version", f"{p.image.version!r} is not a version")
-    if not re.match(r"^[A-Za-z0-9_ -]{1,32}$", p.image.volume):
-        raise bad("image.volume", f"{p.image.volume!r}: 1-32 letters, digits, '_', '-' or spaces")
-    if p.image.compression not in COMPRESSIONS:
-        raise bad("image.compression", f"{p.image.compression!r} is not one of {', '.join(COMPRESSIONS)}")
-    level = p.image.compression_level
-    if level is not None:
-        span = COMPRESSION_LEVELS.get(p.image.compression)
-        if span is None:
-            raise bad("image.compression_level", f"{p.image.compression} takes no compression level")
-        if not span[0] <= level <= span[1]:
-            raise bad("image.compression_level", f"{level} is outside {span[0]}-{span[1]} for {p.image.compression}")
-    if p.debian.suite != "trixie":
-        raise bad("debian.suite", f"{p.debian.suite!r}: only trixie (Debian 13) is supported")
-    for key in ("bootstrap", "chroot", "binary", "security"):
-        url = getattr(p.debian.mirrors, key)
-        if not _URL.match(url):
-            raise bad(f"debian.mirrors.{key}", f"{url!r} is not an http(s):// or file:// URL")
-    for area in p.debian.areas:
-        if area not in ARCHIVE_AREAS:
-            raise bad("debian.areas", f"{area!r} is not one of {', '.join(ARCHIVE_AREAS)}")
-    if "main" not in p.debian.areas:
-        raise bad("debian.areas", "must include main")
-    for vendor in p.gpu.vendors:
-        if vendor not in GPU_VENDORS:
-            raise bad("gpu.vendors", f"{vendor!r} is not one of {', '.join(GPU_VENDORS)}")
-    if len(set(p.gpu.vendors)) != len(p.gpu.vendors):
-        raise bad("gpu.vendors", "lists a vendor twice")
-    if p.gpu.amd.backend not in AMD_BACKENDS:
-        raise bad("gpu.amd.backend", f"{p.gpu.amd.backend!r} is not one of {', '.join(AMD_BACKENDS)}")
-    if p.gpu.amd.backend == "rocm" and "amd" not in p.gpu.vendors:
-        raise bad("gpu.amd.backend", "rocm needs amd in gpu.vendors")
-    needs = {"nvidia": ("contrib", "non-free", "non-free-firmware"), "amd": ("non-free-firmware",)}
-    for vendor in p.gpu.vendors:
-        for area in needs.get(vendor, ()):
-            if area not in p.debian.areas:
-                raise bad("debian.areas", f"gpu vendor {vendor} needs archive area {area!r}")
-    for key in ("power_limit_watts", "locked_clocks_mhz"):
-        value = getattr(p.gpu.tune, key)
-        if value is not None and not 1 <= value <= 100000:
-            raise bad(f"gpu.tune.{key}", f"{value} is out of range")
-    o = p.ollama
-    if o.archive is not None:
-        if not re.match(r"^[0-9a-f]{64}$", o.archive.sha256):
-            raise bad("ollama.archive.sha256", f"{o.archive.sha256!r} is not a sha256 (64 hex digits)")
-        if not _URL.match(o.archive.url):
-            raise bad("ollama.archive.url", f"{o.archive.url!r} is not a URL")
-        if not _VERSION.match(o.archive.version):
-            raise bad("ollama.archive.version", f"{o.archive.version!r} is not a version")
-    if not _GO_DURATION.match(o.keep_alive):
-        raise bad("ollama.keep_alive", f"{o.keep_alive!r} is not a duration (5m, 1h, 300, -1)")
-    for key in ("max_loaded_models", "num_parallel", "max_queue", "context_length", "num_threads", "numa_node"):
-        value = getattr(o, key)
-        if value is not None and value < 0:
-            raise bad(f"ollama.{key}", f"{value} must not be negative")
-    if o.num_parallel < 1:
-        raise bad("ollama.num_parallel", "must be at least 1")
-    if o.kv_cache_type is not None and o.kv_cache_type not in KV_CACHE_TYPES:
-        raise bad("ollama.kv_cache_type", f"{o.kv_cache_type!r} is not one of {', '.join(KV_CACHE_TYPES)}")
-    if o.cuda_visible_devices is not None and not re.match(r"^[0-9A-Za-z,-]+$", o.cuda_visible_devices):
-        raise bad("ollama.cuda_visible_devices", f"{o.cuda_visible_devices!r} is not a device list")
-    for key, value in o.extra_env.items():
-        if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
-            raise bad(f"ollama.extra_env.{key}", "not an environment variable name")
-        if key == "OLLAMA_HOST":
-            raise bad(f"ollama.extra_env.{key}", "the engine listens on loopback only; use gateway.port")
-        if "\n" in value:
-            raise bad(f"ollama.extra_env.{key}", "must be a single line")
-    ports = {p.gateway.port: "gateway.port", 11434: "the engine port"}
-    for i, inst in enumerate(o.instances):
-        where = f"ollama.instances[{i}]"
-        if not _NAME.match(inst.name):
-            raise bad(f"{where}.name", f"{inst.name!r} must be lower-case letters, digits and '-'")
-        if inst.port in ports:
-            raise bad(f"{where}.port", f"{inst.port} is already used by {ports[inst.port]}")
-        ports[inst.port] = f"{where}.port"
-        if not 1024 <= inst.port <= 65535:
-            raise bad(f"{where}.port", f"{inst.port} is not in 1024-65535")
-        if inst.gpus and not re.match(r"^[0-9A-Za-z,-]+$", inst.gpus):
-            raise bad(f"{where}.gpus", f"{inst.gpus!r} is not a device list")
-        if inst.models_dir and not inst.models_dir.startswith("/var/lib/neuraldrive/"):
-            raise bad(f"{where}.models_dir", "must be under /var/lib/neuraldrive/ (the persistent state)")
-    if not 1 <= p.gateway.port <= 65535 or p.gateway.port == 11434:
-        raise bad("gateway.port", f"{p.gateway.port} is not a usable port")
-    if p.idle.idle_timeout < 1 or p.idle.monitoring_interval < 1:
-        raise bad("idle", "idle_timeout and monitoring_interval must be at least 1 second")
-    if not 1 <= p.healthcheck.interval_minutes <= 1440:
-        raise bad("healthcheck.interval_minutes", f"{p.healthcheck.interval_minutes} is not in 1-1440")
-    if p.ssh.authorized_keys is not None:
-        keys = authorized_keys_path(p)
-        if keys is None or not keys.is_file():
-            raise bad("ssh.authorized_keys", f"{p.ssh.authorized_keys!r}: no such file")
-        if not p.ssh.enabled:
-            raise bad("ssh.authorized_keys", "given but ssh.enabled is false")
-    for pkg in p.packages:
-        if not _PKG.match(pkg):
-            raise bad("packages", f"{pkg!r} is not a Debian package name")
-    for model in p.preload.models:
-        if not _MODEL.match(model):
-            raise bad("preload.models", f"{model!r} is not an Ollama model name (name[:tag])")
-    if p.preload.models:
-        store = preload_store_path(p)
-        if store is None or not (store / "manifests").is_dir():
-            raise bad("preload.store", f"{p.preload.store!r}: not an Ollama models dir (needs manifests/)")
-
-
-def preload_store_path(p: Profile) -> Path | None:
-    if p.preload.store is None:
-        return None
-    return (Path(p.source).parent / p.preload.store).resolve()
-
-
-def authorized_keys_path(p: Profile) -> Path | None:
-    if p.ssh.authorized_keys is None:
-        return None
-    return (Path(p.source).parent / p.ssh.authorized_keys).resolve()

@@ -132,7 +132,7 @@ def test_old_live_build_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_authorized_keys_needs_ssh_enabled(tmp_path: Path) -> None:
     key = tmp_path / "k.pub"
-    key.write_text("ssh-ed25519 AAAA x\n")
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f x\n")
     result = run("tree", "--profile", "cpu", "--no-artifacts", "--out", str(tmp_path), "--authorized-keys", str(key))
     assert result.exit_code == 2 and "SSH is off" in result.output
 

@@ -13,12 +13,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from builder import facts
 from builder.profile import Profile, load_profile
-from builder.render import template_context
+from builder.render import jinja_environment, template_context
 from tests.fixtures.gpu import CHROOT, lib
 
 UNIT_DIR = CHROOT / "etc/systemd/system"
@@ -36,9 +35,7 @@ needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None or no
 
 
 def render(template: Path, profile: Profile) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
-    return env.from_string(template.read_text()).render(**template_context(profile, []))
+    return jinja_environment().from_string(template.read_text()).render(**template_context(profile, []))
 
 
 def tuned(profile: Profile) -> Profile:

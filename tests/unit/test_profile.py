@@ -73,7 +73,7 @@ def test_path_profile_with_extends_by_name(tmp_path: Path) -> None:
         ("bogus: 1\n", "bogus: unknown key"),
         ("gateway:\n  prot: 1\n", "gateway.prot: unknown key"),
         ("gateway:\n  port: '8443'\n", "gateway.port: must be an integer"),
-        ("gateway:\n  port: 70000\n", "gateway.port: 70000 is not a usable port"),
+        ("gateway:\n  port: 70000\n", "gateway.port: 70000 is not in 1-65535"),
         ("gateway:\n  port: 11434\n", "gateway.port"),
         ("ssh:\n  enabled: yes please\n", "ssh.enabled: must be true or false"),
         ("gpu:\n  vendors: [nvidia, 3dfx]\n", "gpu.vendors: '3dfx' is not one of"),
@@ -129,6 +129,6 @@ def test_unknown_profile_name_lists_known() -> None:
 
 
 def test_authorized_keys_relative_to_profile(tmp_path: Path) -> None:
-    (tmp_path / "admin.pub").write_text("ssh-ed25519 AAAA test\n")
+    (tmp_path / "admin.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f test\n")
     profile = load_profile(write(tmp_path, "extends: default\nssh:\n  enabled: true\n  authorized_keys: admin.pub\n"))
     assert profile.ssh.authorized_keys == "admin.pub"

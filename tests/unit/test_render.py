@@ -265,7 +265,7 @@ def test_authorized_keys_only_when_given(tmp_path: Path, double_archive: Path) -
     from dataclasses import replace
 
     key = tmp_path / "k.pub"
-    key.write_text("ssh-ed25519 AAAAC3Nza test@host\n")
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f test@host\n")
     profile = load_profile("test")
     profile = replace(profile, ssh=replace(profile.ssh, authorized_keys=str(key)))
     tree = render_tree(profile, tmp_path / "tree", staged_for(profile, double_archive))
