@@ -27,6 +27,10 @@ ENGINE_HOME: Final = "/var/lib/neuraldrive/engine"
 OVERRIDE_DIR: Final = "/var/lib/neuraldrive/config"
 SECRETS_DIR: Final = "/var/lib/neuraldrive/secrets"
 API_KEY_FILE: Final = "/var/lib/neuraldrive/secrets/api-key"
+# Needed, besides the API key, for the routes that change the model store (create, copy, delete, push).
+ADMIN_KEY_FILE: Final = "/var/lib/neuraldrive/secrets/admin-key"
+# The gateway asks gateway-auth about every request here (Caddy forward_auth).
+AUTH_SOCKET: Final = "/run/neuraldrive-auth/auth.sock"
 TLS_DIR: Final = "/var/lib/neuraldrive/tls"
 SSH_HOST_KEY_DIR: Final = "/var/lib/neuraldrive/ssh"
 RUN_DIR: Final = "/run/neuraldrive"
@@ -37,5 +41,9 @@ LOG_DIR: Final = "/var/log/neuraldrive"
 # the verified archives are staged there and never become part of the image.
 STAGED_ARTIFACT_SUBDIR: Final = "neuraldrive-artifacts"
 STAGED_ARTIFACT_DIR: Final = "/live-build/config/neuraldrive-artifacts"
+# The builder installs the engine into the chroot and lists what it wrote (paths below /usr/local,
+# sorted) in this file of that dir; hook 03-install-extras checks the chroot against it.
+ENGINE_MANIFEST: Final = "engine-files.txt"
+ENGINE_PREFIX: Final = "/usr/local"
 
 OFFICIAL_OLLAMA_URL_PREFIX: Final = "https://github.com/ollama/ollama/releases/download/"

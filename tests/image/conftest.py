@@ -41,6 +41,12 @@ def api_key(host: Any) -> str:
 
 
 @pytest.fixture(scope="module")
+def admin_key(host: Any) -> str:
+    with host.sudo():
+        return str(host.check_output("cat /var/lib/neuraldrive/secrets/admin-key")).strip()
+
+
+@pytest.fixture(scope="module")
 def gateway(host: Any) -> Gateway:
     ca = host.file("/var/lib/neuraldrive/tls/ca.crt").content_string
     return Gateway(int(os.environ["NEURALDRIVE_GATEWAY_PORT"]), ca)

@@ -32,8 +32,11 @@ class Gateway:
         self.context = ssl.create_default_context(cadata=ca_pem)
         self.context.check_hostname = False  # reached via 127.0.0.1 forward; SANs are checked separately
 
-    def request(self, method: str, path: str, key: str | None = None, body: Any = None) -> Response:
-        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    def request(self, method: str, path: str, key: str | None = None, body: Any = None,
+                headers: dict[str, str] | None = None) -> Response:
+        headers = dict(headers or {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()

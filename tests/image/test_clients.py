@@ -8,7 +8,6 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import ollama
 import openai
 import pytest
@@ -33,8 +32,15 @@ def client(base_url: str, api_key: str, device_ca: ssl.SSLContext) -> Any:
 
 
 @pytest.fixture(scope="module")
+def admin(base_url: str, admin_key: str, device_ca: ssl.SSLContext) -> Any:
+    return ollama.Client(host=base_url, headers={"Authorization": f"Bearer {admin_key}"}, verify=device_ca,
+                         timeout=120)
+
+
+@pytest.fixture(scope="module")
 def oai(base_url: str, api_key: str, device_ca: ssl.SSLContext) -> Iterator[Any]:
-    http = httpx.Client(verify=device_ca, timeout=120)
+    # openai's own HTTP client class (its HTTP library differs between major versions).
+    http = openai.DefaultHttpxClient(verify=device_ca, timeout=120)
     yield openai.OpenAI(base_url=f"{base_url}/v1", api_key=api_key, http_client=http, max_retries=0)
     http.close()
 
@@ -65,13 +71,18 @@ def test_ollama_embed(client: Any, model: str) -> None:
     assert len(result.embeddings[0]) == len(result.embeddings[1]) > 0
 
 
-def test_ollama_create_copy_delete(client: Any, model: str) -> None:
-    client.create(model="nd-derived:latest", from_=model, system="Answer briefly.")
-    client.copy("nd-derived:latest", "nd-copy:latest")
+def test_ollama_create_copy_delete_need_the_admin_key(client: Any, admin: Any, model: str) -> None:
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.create(model="nd-derived:latest", from_=model, system="Answer briefly.")
+    assert refused.value.status_code == 403 and "admin key" in refused.value.error
+    admin.create(model="nd-derived:latest", from_=model, system="Answer briefly.")
+    admin.copy("nd-derived:latest", "nd-copy:latest")
     names = [m.model for m in client.list().models]
     assert {"nd-derived:latest", "nd-copy:latest"} <= set(names)
-    client.delete("nd-copy:latest")
-    client.delete("nd-derived:latest")
+    with pytest.raises(ollama.ResponseError):
+        client.delete("nd-copy:latest")
+    admin.delete("nd-copy:latest")
+    admin.delete("nd-derived:latest")
     names = [m.model for m in client.list().models]
     assert "nd-copy:latest" not in names and model in names
 

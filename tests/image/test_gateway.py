@@ -17,6 +17,17 @@ def test_health_needs_no_key(gateway: Gateway) -> None:
     assert response.status == 200
 
 
+def test_scheme_is_case_insensitive_and_admin_routes_need_the_admin_key(gateway: Gateway, api_key: str,
+                                                                         admin_key: str) -> None:
+    assert gateway.request("GET", "/api/version", key=None).status == 401
+    lower = gateway.request("GET", "/api/version", headers={"Authorization": f"bearer {api_key}"})
+    assert lower.status == 200, lower.body
+    refused = gateway.request("DELETE", "/api/delete", key=api_key, body={"model": "nd-none:latest"})
+    assert refused.status == 403 and b"admin key" in refused.body
+    # With the admin key the request reaches the engine, which answers for itself (no such model).
+    assert gateway.request("DELETE", "/api/delete", key=admin_key, body={"model": "nd-none:latest"}).status == 404
+
+
 @pytest.mark.parametrize("path", ["/api/version", "/v1/models"])
 def test_api_requires_the_device_key(gateway: Gateway, api_key: str, path: str) -> None:
     assert gateway.request("GET", path).status == 401

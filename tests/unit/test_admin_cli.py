@@ -203,17 +203,20 @@ def test_key_rotate(tmp_path: Path) -> None:
     info = os.stat(tmp_path / "api-key")
     assert stat.S_IMODE(info.st_mode) == 0o640 and info.st_gid == os.getgid()
     assert out.getvalue().splitlines()[0] == key
-    assert run.calls[0] == ["systemctl", "reload-or-restart", "neuraldrive-caddy.service"]
+    assert run.calls == [["systemctl", "start", "--no-block", "neuraldrive-issue.service"]]  # no gateway restart
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".api-key")] == []
 
 
-def test_key_rotate_reports_a_gateway_that_did_not_reload(tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_admin_key_show_and_rotate(tmp_path: Path) -> None:
     group = grp.getgrgid(os.getgid()).gr_name
-    run = FakeRunner({("systemctl", "reload-or-restart"): (1, "", "Job failed.\n")})
-    ctx, _, _ = context(tmp_path, dead_host(), euid=lambda: 0, key_group=group, run=run)
-    assert admin.main(["key", "rotate"], ctx) == 1
-    assert "may still use the old key" in capsys.readouterr().err
+    (tmp_path / "admin-key").write_text("nd-admin-old\n")
+    ctx, out, run = context(tmp_path, dead_host(), euid=lambda: 0, key_group=group,
+                            admin_key_file=tmp_path / "admin-key")
+    assert admin.main(["key", "show", "--admin"], ctx) == 0
+    assert out.getvalue().strip() == "nd-admin-old"
+    assert admin.main(["key", "rotate", "--admin"], ctx) == 0
+    new = (tmp_path / "admin-key").read_text()
+    assert new.startswith("nd-") and new != "nd-admin-old" and run.calls == []  # nothing to restart
 
 
 def run_cli(name: str, *args: str, host: str) -> subprocess.CompletedProcess[str]:

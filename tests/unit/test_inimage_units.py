@@ -110,6 +110,7 @@ def test_conf_from_the_default_profile() -> None:
         "NEURALDRIVE_HEALTH_DISK_WARN_PERCENT": "90",
         "NEURALDRIVE_GATEWAY_PORT": "8443",
         "NEURALDRIVE_GPU_VENDORS": "nvidia amd intel",
+        "NEURALDRIVE_GPU_BACKENDS": "nvidia=cuda amd=vulkan intel=vulkan",
         "NEURALDRIVE_GPU_PERSISTENCE": "1",
         "NEURALDRIVE_GPU_POWER_LIMIT": "",
         "NEURALDRIVE_GPU_LOCKED_CLOCKS": "",
@@ -131,7 +132,7 @@ def test_conf_points_to_the_persistent_override() -> None:
 
 def test_in_image_paths_match_the_builders_facts() -> None:
     paths = lib("paths")
-    for name in ("API_KEY_FILE", "API_KEY_GROUP", "STATE_DIR", "RUN_DIR", "GPU_ENV", "OLLAMA_PORT"):
+    for name in ("API_KEY_FILE", "ADMIN_KEY_FILE", "API_KEY_GROUP", "STATE_DIR", "RUN_DIR", "GPU_ENV", "OLLAMA_PORT"):
         assert getattr(paths, name) == getattr(facts, name), name
     conf_files = paths.CONF_FILES
     assert conf_files == (

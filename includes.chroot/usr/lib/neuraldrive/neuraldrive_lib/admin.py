@@ -32,11 +32,11 @@ from .common import (
 from .gpu import read_gpu_state
 from .ollama import UNLOAD_WAIT_S, Client, EngineDownError, EngineError, entry_name, matches
 from .paths import (
+    ADMIN_KEY_FILE,
     API_KEY_FILE,
     API_KEY_GROUP,
     CONF_FILES,
     ENGINE_UNIT,
-    GATEWAY_UNIT,
     GPU_ENV,
     ISSUE_UNIT,
     STATE_DIR,
@@ -55,6 +55,7 @@ class Context:
     gpu_env: Path = Path(GPU_ENV)
     state_dir: Path = Path(STATE_DIR)
     key_file: Path = Path(API_KEY_FILE)
+    admin_key_file: Path = Path(ADMIN_KEY_FILE)
     key_group: str = API_KEY_GROUP
     euid: Callable[[], int] = os.geteuid
     unload_wait: float = UNLOAD_WAIT_S
@@ -190,41 +191,46 @@ def cmd_health(ctx: Context, _args: argparse.Namespace) -> int:
     return health.run_checks(ctx.settings, ctx.gpu_env, ctx.state_dir, ctx.run)
 
 
-def cmd_key_show(ctx: Context, _args: argparse.Namespace) -> int:
+def _key_file(ctx: Context, args: argparse.Namespace) -> Path:
+    return ctx.admin_key_file if args.admin else ctx.key_file
+
+
+def cmd_key_show(ctx: Context, args: argparse.Namespace) -> int:
+    key_file = _key_file(ctx, args)
     try:
-        key = read_api_key(ctx.key_file)
+        key = read_api_key(key_file)
     except PermissionError:
-        return fail(PROG, f"cannot read {ctx.key_file}: permission denied (run as root or as a "
+        return fail(PROG, f"cannot read {key_file}: permission denied (run as root or as a "
                           f"member of group {ctx.key_group})")
     except FileNotFoundError:
-        return fail(PROG, f"no API key at {ctx.key_file} yet (neuraldrive-firstboot.service "
-                          "creates it at first boot)")
+        kind = "admin" if args.admin else "API"
+        return fail(PROG, f"no {kind} key at {key_file} yet (neuraldrive-firstboot.service creates it "
+                          "at first boot)")
     except OSError as exc:
         return fail(PROG, f"cannot read the API key: {exc}")
     ctx.say(key)
     return 0
 
 
-def cmd_key_rotate(ctx: Context, _args: argparse.Namespace) -> int:
+def cmd_key_rotate(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.euid() != 0:
         return fail(PROG, "key rotate: must be run as root (sudo neuraldrive key rotate)")
     try:
         gid = grp.getgrnam(ctx.key_group).gr_gid
     except KeyError:
         return fail(PROG, f"group {ctx.key_group} does not exist; the gateway could not read a key")
+    key_file = _key_file(ctx, args)
     key = "nd-" + secrets.token_urlsafe(32)
     try:
         # No trailing newline: readers that do not strip still get exactly the key.
-        atomic_write(ctx.key_file, key, mode=0o640, gid=gid)
+        atomic_write(key_file, key, mode=0o640, gid=gid)
     except OSError as exc:
-        return fail(PROG, f"cannot write {ctx.key_file}: {exc.strerror or exc}")
-    reload = ctx.run(["systemctl", "reload-or-restart", GATEWAY_UNIT])
-    if not reload.ok:
-        return fail(PROG, f"new key written to {ctx.key_file}, but reloading {GATEWAY_UNIT} "
-                          f"failed ({reload.reason()}): the gateway may still use the old key")
-    ctx.run(["systemctl", "start", "--no-block", ISSUE_UNIT])  # the console shows the key
+        return fail(PROG, f"cannot write {key_file}: {exc.strerror or exc}")
+    # gateway-auth reads the key for every request: no restart, no dropped streams.
+    if not args.admin:
+        ctx.run(["systemctl", "start", "--no-block", ISSUE_UNIT])  # the console shows the key
     ctx.say(key)
-    ctx.say(f"new API key in {ctx.key_file}; the old one no longer works")
+    ctx.say(f"new {'admin' if args.admin else 'API'} key in {key_file}; the old one no longer works")
     return 0
 
 
@@ -249,10 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(handler=cmd_health)
     key = sub.add_parser("key", help="the API key clients must send")
     key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
-    key_sub.add_parser("show", help="print the key (root or group " + API_KEY_GROUP + ")"
-                       ).set_defaults(handler=cmd_key_show)
-    key_sub.add_parser("rotate", help="make a new key and reload the gateway (root)"
-                       ).set_defaults(handler=cmd_key_rotate)
+    show = key_sub.add_parser("show", help="print the key (root or group " + API_KEY_GROUP + ")")
+    rotate = key_sub.add_parser("rotate", help="make a new key; it counts at once (root)")
+    for action, handler in ((show, cmd_key_show), (rotate, cmd_key_rotate)):
+        action.add_argument("--admin", action="store_true",
+                            help="the admin key (create, copy, delete, push) instead of the API key")
+        action.set_defaults(handler=handler)
     return parser
 
 

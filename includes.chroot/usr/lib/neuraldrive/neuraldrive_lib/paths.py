@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 API_KEY_FILE: Final = "/var/lib/neuraldrive/secrets/api-key"
+ADMIN_KEY_FILE: Final = "/var/lib/neuraldrive/secrets/admin-key"
 API_KEY_GROUP: Final = "neuraldrive-api"
 STATE_DIR: Final = "/var/lib/neuraldrive"
 RUN_DIR: Final = "/run/neuraldrive"
