@@ -415,69 +415,26 @@ def usb(iso_path: Path, device: str | None, image_path: Path | None, size: str, 
         encrypt: bool, passphrase_file: Path | None, models_dir: Path | None, profile_name: str | None,
         yes: bool) -> None:
     """Write an ISO to a USB stick (or --image file) and add the persistence partition after it."""
-    import tempfile
+    from builder.usb_command import UsbRequest, run_usb
 
-    from builder import usb as usb_module
-    from builder.profile_checks import preload_store_path
-
-    if (device is None) == (image_path is None):
-        raise usb_module.UsbError("give exactly one of --device /dev/sdX or --image FILE")
     preload: tuple[Path, tuple[str, ...]] | None = None
     if profile_name is not None:
+        from builder.profile_checks import preload_store_path
+
         profile = load_profile(profile_name)
         store = preload_store_path(profile)
         if profile.preload.models and store is not None:
-            if models_dir is not None:
-                raise usb_module.UsbError(f"--models and profile {profile.name}'s preload.models: give one")
             preload = (store, profile.preload.models)
-    if os.geteuid() != 0:
-        raise usb_module.UsbError("writing a stick needs root (partitioning, loop devices, mkfs)")
-    iso_size = iso_path.stat().st_size
-    if device is not None:
-        disk = usb_module.inspect_disk(device)
-        usb_module.check_disk(disk, iso_size)
-        target = Path(disk.path)
-        target_size = disk.size
-        click.echo(f"About to ERASE {disk.describe()}", err=True)
-    else:
-        assert image_path is not None
-        target_size = usb_module.parse_size(size)
-        if target_size < usb_module.align_up(iso_size) + usb_module.MIN_PERSISTENCE:
-            raise usb_module.UsbError(f"--size {size}: too small for the ISO and the minimum persistence")
-        if image_path.exists() and image_path.stat().st_size and not yes:
-            raise usb_module.UsbError(f"{image_path}: exists; pass --yes to overwrite it")
-        target = image_path
-    plan = usb_module.plan_partition(target_size, iso_size, persistence_size)
-    if device is not None and not yes:
-        if not sys.stdin.isatty():
-            raise usb_module.UsbError("refusing to erase a disk without confirmation: pass --yes")
-        click.confirm(f"Write {iso_path.name} and a {plan.size >> 20} MiB persistence partition to {device}?",
-                      abort=True, err=True)
-    passphrase = None
-    if encrypt:
-        if passphrase_file is not None:
-            passphrase = passphrase_file.read_bytes().rstrip(b"\n")
-        else:
-            passphrase = click.prompt("LUKS passphrase", hide_input=True, confirmation_prompt=True,
-                                      err=True).encode()
-        if len(passphrase) < 8:
-            raise usb_module.UsbError("the LUKS passphrase must have at least 8 characters")
-    elif passphrase_file is not None:
-        raise usb_module.UsbError("--passphrase-file needs --encrypt")
-    if image_path is not None:
-        with image_path.open("wb") as handle:
-            handle.truncate(target_size)
-    try:
-        with tempfile.TemporaryDirectory(prefix="neuraldrive-preload-") as selection:
-            if preload is not None:
-                models_dir = usb_module.select_models(preload[0], preload[1], Path(selection))
-            report = usb_module.write_stick(iso_path, target, plan, passphrase, models_dir)
-    except BaseException:
-        if image_path is not None:
-            image_path.unlink(missing_ok=True)  # never leave a half-written image behind
-        raise
+    request = UsbRequest(iso=iso_path, device=device, image=image_path, size=size, persistence_size=persistence_size,
+                         encrypt=encrypt, passphrase_file=passphrase_file, models_dir=models_dir, preload=preload,
+                         yes=yes)
+    report = run_usb(request, confirm=lambda question: click.confirm(question, abort=True, err=True),
+                     ask_passphrase=lambda: click.prompt("LUKS passphrase", hide_input=True, confirmation_prompt=True,
+                                                         err=True).encode(),
+                     interactive=sys.stdin.isatty())
+    plan = report.partition
     click.echo(f"wrote {report.target}: {report.written_bytes >> 20} MiB at {report.write_rate / 2**20:.0f} MiB/s, "
-               f"verified in {report.verify_seconds:.1f}s; persistence {plan.size >> 20} MiB"
+               f"verified in {report.verify_seconds:.1f}s; persistence {plan.size >> 20 if plan else 0} MiB"
                f"{' (LUKS2)' if report.encrypted else ''}; models: {len(report.models)}")
 
 

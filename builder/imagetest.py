@@ -311,16 +311,13 @@ MARKER = "/var/lib/neuraldrive/config/stick-marker"
 
 
 def _write_test_stick(iso: Path, image: Path, encrypt: bool) -> None:
-    from .usb import parse_size, plan_partition, write_stick
+    from .usb import write_image
+    from .usb_layout import parse_size
 
-    size = parse_size("3G")
-    with image.open("wb") as handle:
-        handle.truncate(size)
-    plan = plan_partition(size, iso.stat().st_size, "100%")
     # Test sticks only: a cheap KDF, since the guest unlocks under TCG emulation where argon2id's
     # host-benchmarked cost (1 GiB, ~2 s natively) takes minutes. Real sticks keep the default.
     kdf = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000") if encrypt else ()
-    write_stick(iso, image, plan, STICK_PASSPHRASE.encode() if encrypt else None, None, kdf)
+    write_image(iso, image, parse_size("3G"), "100%", STICK_PASSPHRASE.encode() if encrypt else None, None, kdf)
 
 
 def _persistence_source(access: SshAccess) -> str:
