@@ -196,7 +196,10 @@ def write_stick(iso: Path, fd: int, target: Path, layout: Layout, passphrase: by
 @contextmanager
 def image_file(path: Path, size: int) -> Iterator[int]:
     """A disk-image file of `size` bytes, opened read-write (never through a symlink); removed on failure."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise UsbError(f"{path}: cannot create the image: {exc.strerror}") from None
     try:
         os.ftruncate(fd, size)
         yield fd

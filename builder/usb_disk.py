@@ -168,10 +168,10 @@ def check_disk(disk: Disk, iso_size: int, system: System = HOST, min_persistence
     """Refuse any disk we must not overwrite. Raises UsbError naming the device and the reason."""
     if disk.disk_type not in ("disk",):
         raise UsbError(f"{disk.path}: is a {disk.disk_type}, not a whole disk")
-    if disk.mountpoints:
-        raise UsbError(f"{disk.path}: has mounted filesystems ({', '.join(disk.mountpoints)}); unmount them first")
     for name, what in users(system, (disk.name, *disk.partitions)).items():
         raise _in_use(disk, name, what)
+    if disk.mountpoints:  # lsblk's tree: also what is mounted from a device built on this one
+        raise UsbError(f"{disk.path}: has mounted filesystems ({', '.join(disk.mountpoints)}); unmount them first")
     need = align_up(iso_size) + min_persistence
     if disk.size < need:
         raise UsbError(f"{disk.path}: {format_bytes(disk.size)} is too small: the ISO and the minimum persistence "

@@ -78,6 +78,17 @@ def test_cli_layout_past_the_mbr_limit_is_refused_before_the_image_exists(tmp_pa
     assert not image.exists()
 
 
+@pytest.mark.usefixtures("as_root")
+def test_image_path_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (tmp_path / "stick.img").symlink_to(victim)
+    result = CliRunner().invoke(build.cli, ["usb", "--iso", str(fake_iso(tmp_path)), "--image",
+                                            str(tmp_path / "stick.img"), "--size", "2G", "--yes"])
+    assert result.exit_code == 2 and "cannot create the image" in result.output, result.output
+    assert victim.read_bytes() == b"keep"
+
+
 def device_request(tmp_path: Path, host: FakeHost, **changes: object) -> UsbRequest:
     fields: dict[str, object] = {"iso": fake_iso(tmp_path), "device": str(host.dev / host.disk), "yes": True}
     fields.update(changes)

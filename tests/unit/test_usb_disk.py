@@ -120,6 +120,12 @@ def test_swap_through_a_dev_symlink_is_refused(tmp_path: Path) -> None:
     refused(host, r"sdz1 is in use by swap")
 
 
+def test_swap_partition_lsblk_shows_as_swap_is_named_as_swap(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path, lsblk_children=[part("sdz1"), part("sdz2", "[SWAP]")])
+    (host.proc / "swaps").write_text("Filename Type Size Used Priority\n/dev/sdz2 partition 1 0 -2\n")
+    refused(host, r"sdz2 is in use by swap; stop using it first$")
+
+
 OpenFn = Callable[..., int]
 
 
