@@ -94,7 +94,7 @@ def test_newer_driver_keeps_both_cuda_majors(tmp_path: Path) -> None:
 def test_nvidia_profile_without_a_driver_package(tmp_path: Path) -> None:
     build_dir = chroot_with(tmp_path, "Package: bash\nStatus: install ok installed\nVersion: 5.2\n")
     archive = write_archive(tmp_path / "ollama-linux-amd64.tar.zst", REAL_LAYOUT)
-    with pytest.raises(LiveBuildError, match="gpu.vendors has nvidia but neither of libcuda1, nvidia-kernel-dkms"):
+    with pytest.raises(LiveBuildError, match=r"gpu\.vendors has nvidia but neither of libcuda1, nvidia-kernel-dkms"):
         install_engine(load_profile("nvidia"), [staged(archive)], build_dir)
     assert not (build_dir / "chroot/usr/local/bin/ollama").exists()
 
