@@ -8,7 +8,7 @@ import pytest
 
 from tests.image.helpers import save_state
 
-BLOB = "/var/lib/neuraldrive/models/blobs/sha256-persistence-marker"
+MANIFESTS = "/var/lib/neuraldrive/models/manifests"
 ENGINE_KEY = "/var/lib/neuraldrive/engine/.ollama/id_ed25519.pub"
 
 
@@ -18,23 +18,25 @@ def test_state_lives_on_the_persistence_partition(host: Any) -> None:
     assert label.strip() == "persistence", source
 
 
-def test_write_markers(host: Any, api_key: str) -> None:
+def test_write_markers(host: Any, api_key: str, model: str) -> None:
+    """The model the suite made with `ollama create` (manifest + blobs: what the engine keeps; a stray
+    blob of our own would be pruned by the real engine), the override and the keys."""
     with host.sudo():
-        host.check_output(f"install -d -o neuraldrive-ollama -g neuraldrive-ollama {BLOB.rsplit('/', 1)[0]}")
-        host.check_output(f"head -c 65536 /dev/urandom > {BLOB} && chown neuraldrive-ollama: {BLOB}")
-        digest = host.check_output(f"sha256sum {BLOB}").split()[0]
+        models = host.check_output(f"cd {MANIFESTS}/.. && find manifests blobs -type f | sort | xargs sha256sum")
         override = host.check_output("cat /var/lib/neuraldrive/config/ollama.conf")
         engine_key = host.check_output(f"cat {ENGINE_KEY}")
         host.check_output("sync")
-    save_state({"blob_sha256": digest, "api_key": api_key, "override_file": override,
+    assert model.split(":", maxsplit=1)[0] in models
+    save_state({"models_sha256": models, "api_key": api_key, "override_file": override,
                 "engine_key": engine_key})
 
 
 @pytest.mark.after_reboot
 def test_markers_survive_a_reboot(host: Any, api_key: str, state: dict[str, Any]) -> None:
-    assert "blob_sha256" in state, "the first boot's tests did not run"
+    assert "models_sha256" in state, "the first boot's tests did not run"
     with host.sudo():
-        assert host.check_output(f"sha256sum {BLOB}").split()[0] == state["blob_sha256"]
+        models = host.check_output(f"cd {MANIFESTS}/.. && find manifests blobs -type f | sort | xargs sha256sum")
+        assert models == state["models_sha256"]
         assert host.check_output("cat /var/lib/neuraldrive/config/ollama.conf") == state["override_file"]
         # The engine made its keypair once, on the first boot; it did not make another.
         assert host.check_output(f"cat {ENGINE_KEY}") == state["engine_key"]
