@@ -85,21 +85,27 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ProfileError(f"{where}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x})") from None
-    loader = ProfileLoader(text)
+    loader = None
     try:
+        loader = ProfileLoader(text)  # the reader checks for unprintable characters right here
         return loader.get_single_data()
     except _RefusedError as exc:
         at = "" if exc.line is None else str(exc.line)
         raise ProfileError(f"{where}:{at}: {exc.message}") from None
+    except yaml.reader.ReaderError as exc:  # a raw control character in the file itself
+        row = text[: exc.position].count("\n") + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ProfileError(f"{where}:{row}: not valid YAML (character U+{char:04X} is not allowed)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        at = "" if mark is None else str(mark.line + 1)
+        at = "" if mark is None else f"{mark.line + 1}:"
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ProfileError(f"{where}:{at}: not valid YAML ({shown(problem)})") from None
+        raise ProfileError(f"{where}:{at} not valid YAML ({shown(problem)})") from None
     except (ValueError, OverflowError, RecursionError) as exc:
         # int("9" * 5000) exceeds Python's digit limit; 1e999 and the like.
         message = " ".join(str(exc).split())[:120]
         raise ProfileError(f"{where}: not valid YAML ({shown(message)})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 

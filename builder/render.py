@@ -14,6 +14,7 @@ copied with its mode; symlinks stay symlinks. The verified engine archives are s
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -73,6 +74,13 @@ def jinja_environment(loader: jinja2.BaseLoader | None = None) -> jinja2.Environ
     return env
 
 
+@functools.lru_cache(maxsize=8)
+def _tree_environment(source_root: str) -> jinja2.Environment:
+    """One environment per template root: compiled templates are reused (auto_reload re-reads a
+    template whose file changed)."""
+    return jinja_environment(jinja2.FileSystemLoader(source_root))
+
+
 def render_tree(
     profile: Profile,
     build_dir: Path,
@@ -87,7 +95,7 @@ def render_tree(
     keys_file = authorized_keys_path(profile)
     keys = None if keys_file is None else read_authorized_keys(keys_file)
     build_dir.mkdir(parents=True, exist_ok=True)
-    env = jinja_environment(jinja2.FileSystemLoader(str(source_root)))
+    env = _tree_environment(str(source_root))
     context = template_context(profile, [s.artifact for s in staged])
     for source_name, target_name in SOURCES.items():
         source_dir = source_root / source_name
