@@ -22,7 +22,7 @@ from .profile import Profile
 LOCK_FILE = Path(__file__).resolve().parent.parent / "config" / "artifacts.lock.yaml"
 BASE_ARCHIVE = "ollama-linux-amd64.tar.zst"
 ROCM_ARCHIVE = "ollama-linux-amd64-rocm.tar.zst"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")  # always fullmatch: `$` accepts a trailing newline
 _OFFICIAL = re.compile(
     re.escape(OFFICIAL_OLLAMA_URL_PREFIX) + r"v[0-9][0-9A-Za-z.+-]*/ollama-linux-amd64[a-z-]*\.tar\.zst$"
 )
@@ -63,7 +63,7 @@ def read_lock(path: Path | None = None) -> dict[str, Any]:
             raise LockError(f"{path}: ollama.{key}: missing or not a string")
     files: dict[str, Any] = entry["files"]
     for name, digest in files.items():
-        if digest is not None and not (isinstance(digest, str) and _SHA256.match(digest)):
+        if digest is not None and not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
             raise LockError(f"{path}: ollama.files.{name}: {digest!r} is not a sha256")
     result: dict[str, Any] = data
     return result
@@ -106,7 +106,7 @@ def resolve_artifacts(
         if name == BASE_ARCHIVE and archive_override is not None:
             source = archive_override
             if override_sha256 is not None:
-                if not _SHA256.match(override_sha256):
+                if not _SHA256.fullmatch(override_sha256):
                     raise LockError(f"--ollama-sha256: {override_sha256!r} is not a sha256")
                 if override_sha256 != digest:
                     url, version, digest = f"file://{archive_override}", "unpinned", override_sha256
@@ -126,7 +126,7 @@ def parse_sha256sum(text: str) -> dict[str, str]:
         if not line or line.startswith("#"):
             continue
         parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not _SHA256.match(parts[0].lower()):
+        if len(parts) != 2 or not _SHA256.fullmatch(parts[0].lower()):
             raise LockError(f"sha256sum.txt: line {number}: not '<sha256>  <file>': {line[:80]!r}")
         name = parts[1].lstrip("*")
         name = name[2:] if name.startswith("./") else name
@@ -136,7 +136,7 @@ def parse_sha256sum(text: str) -> dict[str, str]:
 
 def pin_release(version: str, sums_text: str, lock_path: Path | None = None) -> dict[str, str | None]:
     """Record `version` and the archives' sha256 from its sha256sum.txt; written atomically."""
-    if not re.match(r"^[0-9][0-9A-Za-z.+-]*$", version):
+    if not re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", version):
         raise LockError(f"version: {version!r} is not a release version (e.g. 0.32.7)")
     sums = parse_sha256sum(sums_text)
     if BASE_ARCHIVE not in sums:

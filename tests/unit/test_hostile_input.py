@@ -349,3 +349,11 @@ def test_keys_made_by_ssh_keygen_pass_and_their_private_halves_do_not(tmp_path: 
         assert read_authorized_keys(public) == [public.read_text().strip()]
         with pytest.raises(ProfileError, match=r":1: not an OpenSSH public key"):
             read_authorized_keys(key)
+
+
+def test_lock_patterns_match_the_whole_value() -> None:
+    from builder.errors import LockError
+    from builder.lock import pin_release
+
+    with pytest.raises(LockError, match="is not a release version"):
+        pin_release("0.32.7\n", "")
