@@ -199,26 +199,12 @@ def lock(version: str, sums_source: str | None, offline: bool) -> None:
     from builder import lock as lock_module
     from builder.errors import LockError
     from builder.lock import pin_release, release_sums_url
+    from builder.pinning import read_sums
 
     source = sums_source or release_sums_url(version.lstrip("v"))
-    if source.startswith(("http://", "https://")):
-        if offline:
-            raise LockError(f"--offline: cannot download {source}; pass --sums PATH")
-        import requests
-
-        try:
-            response = requests.get(source, timeout=(10, 30))
-        except requests.RequestException as exc:
-            raise LockError(f"{source}: {exc.__class__.__name__}") from None
-        if response.status_code != 200:
-            raise LockError(f"{source}: HTTP {response.status_code}")
-        text = response.text
-    else:
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise LockError(f"--sums: {source}: {exc.strerror}") from None
-    files = pin_release(version.lstrip("v"), text)
+    if offline and source.startswith(("http://", "https://")):
+        raise LockError(f"--offline: cannot download {source}; pass --sums PATH")
+    files = pin_release(version.lstrip("v"), read_sums(source), source=source)
     for name, digest in files.items():
         click.echo(f"{digest or 'not published':<64}  {name}")
     click.echo(f"wrote {lock_module.LOCK_FILE}")

@@ -1,7 +1,8 @@
 """The artifact lock: which engine archives a build uses, each pinned by URL and sha256.
 
 `resolve_artifacts` turns a profile (+ CLI overrides) into the list of archives to fetch;
-`pin_release` writes a new version into the lock from the release's own `sha256sum.txt`.
+`pin_release` writes a new version into the lock from the release's own `sha256sum.txt`
+(builder/pinning.py fetches it, and fills a missing pin during a networked build).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Artifact:
     url: str  # the pinned (canonical) URL
     sha256: str
     source: str  # where this build actually reads it from: the URL, a mirror URL or a local path
+    pinned_at_build: bool = False  # the lock had no pin: this build took it from sha256sum.txt
 
     @property
     def official(self) -> bool:
@@ -69,6 +71,11 @@ def read_lock(path: Path | None = None) -> dict[str, Any]:
     return result
 
 
+def wanted_archives(profile: Profile) -> list[str]:
+    """The archives a profile installs, in order: the base, then ROCm for the rocm backend."""
+    return [BASE_ARCHIVE] + ([ROCM_ARCHIVE] if profile.gpu.amd.backend == "rocm" else [])
+
+
 def resolve_artifacts(
     profile: Profile,
     *,
@@ -83,7 +90,7 @@ def resolve_artifacts(
     release assets); `archive_override` is a path or URL for the base archive, verified against
     `override_sha256` when given (which makes the artifact unofficial unless it equals the pin).
     """
-    wanted = [BASE_ARCHIVE] + ([ROCM_ARCHIVE] if profile.gpu.amd.backend == "rocm" else [])
+    wanted = wanted_archives(profile)
     pins: dict[str, tuple[str, str, str | None]] = {}
     if profile.ollama.archive is not None:
         pin = profile.ollama.archive
@@ -118,6 +125,20 @@ def resolve_artifacts(
     return artifacts
 
 
+def parse_release_sums(text: str, source: str) -> dict[str, str]:
+    """`parse_sha256sum`, refusing an empty or truncated file (sha256sum ends every line with a
+    newline); errors name `source`."""
+    if not text.strip():
+        raise LockError(f"{source}: empty")
+    if not text.endswith("\n"):
+        last = text.splitlines()[-1]
+        raise LockError(f"{source}: truncated (last line has no newline: {last[:80]!r})")
+    try:
+        return parse_sha256sum(text)
+    except LockError as exc:
+        raise LockError(f"{source}: {str(exc).removeprefix('sha256sum.txt: ')}") from None
+
+
 def parse_sha256sum(text: str) -> dict[str, str]:
     """Parse `sha256sum` output as Ollama publishes it (`<hex>  ./name`, maybe `*name`)."""
     sums: dict[str, str] = {}
@@ -134,27 +155,28 @@ def parse_sha256sum(text: str) -> dict[str, str]:
     return sums
 
 
-def pin_release(version: str, sums_text: str, lock_path: Path | None = None) -> dict[str, str | None]:
+def pin_release(version: str, sums_text: str, lock_path: Path | None = None,
+                source: str = "sha256sum.txt") -> dict[str, str | None]:
     """Record `version` and the archives' sha256 from its sha256sum.txt; written atomically."""
     if not re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", version):
         raise LockError(f"version: {version!r} is not a release version (e.g. 0.32.7)")
-    sums = parse_sha256sum(sums_text)
+    sums = parse_release_sums(sums_text, source)
     if BASE_ARCHIVE not in sums:
         raise LockError(f"sha256sum.txt of v{version}: lists no {BASE_ARCHIVE} (releases before 0.14 ship .tgz)")
     files = {name: sums.get(name) for name in (BASE_ARCHIVE, ROCM_ARCHIVE)}
-    data = {
-        "ollama": {
-            "version": version,
-            "base_url": f"{OFFICIAL_OLLAMA_URL_PREFIX}v{version}/",
-            "files": files,
-        }
-    }
+    write_lock(version, f"{OFFICIAL_OLLAMA_URL_PREFIX}v{version}/", files, lock_path)
+    return files
+
+
+def write_lock(version: str, base_url: str, files: dict[str, str | None], lock_path: Path | None = None,
+               note: str = "") -> None:
+    data = {"ollama": {"version": version, "base_url": base_url, "files": files}}
     header = (
         "# Pinned engine archives, as Ollama publishes them on its GitHub releases.\n"
         "# Written by: python build.py lock VERSION   (from the release's sha256sum.txt)\n"
+        + "".join(f"# {line}\n" for line in note.splitlines())
     )
     atomic_write_text(lock_path or LOCK_FILE, header + yaml.safe_dump(data, sort_keys=False))
-    return files
 
 
 def release_sums_url(version: str) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .artifacts import FetchPolicy, fetch_artifact
 from .binarytools import tools_archive, tools_key
+from .engine import install_engine
 from .errors import UnofficialArtifactError
 from .layer import layer_for, layer_key, mark_package_start, normalize_mtimes, restore_layer, save_layer
 from .lbconfig import lb_config_args
@@ -27,6 +28,7 @@ from .livebuild import (
     release_mounts,
 )
 from .lock import Artifact, resolve_artifacts
+from .pinning import pin_missing
 from .profile import Profile
 from .render import StagedArtifact, render_tree
 from .report import Outputs, build_info, default_source_date_epoch, publish
@@ -40,12 +42,18 @@ class ArtifactOptions:
     archive_sha256: str | None = None
     allow_unofficial: bool = False
     offline: bool = False
+    lock_path: Path | None = None  # None: config/artifacts.lock.yaml
 
 
 def artifacts_for(profile: Profile, options: ArtifactOptions) -> list[Artifact]:
+    """The profile's archives; a pin the lock lacks is taken from the release's sha256sum.txt first."""
+    pinned = pin_missing(profile, lock_path=options.lock_path, mirror=options.mirror, offline=options.offline,
+                         skip_base=options.archive is not None and options.archive_sha256 is not None)
     artifacts = resolve_artifacts(
-        profile, mirror=options.mirror, archive_override=options.archive, override_sha256=options.archive_sha256
+        profile, lock_path=options.lock_path, mirror=options.mirror, archive_override=options.archive,
+        override_sha256=options.archive_sha256,
     )
+    artifacts = [replace(a, pinned_at_build=True) if a.name in pinned else a for a in artifacts]
     unofficial = [a for a in artifacts if not a.official]
     if profile.release and unofficial and not options.allow_unofficial:
         a = unofficial[0]
@@ -112,6 +120,11 @@ def build_iso(
             changed = normalize_mtimes(build_dir, epoch)
             runner.timed("normalize-mtimes", time.monotonic() - started)
             debug(f"  {changed} chroot entries set to SOURCE_DATE_EPOCH {epoch}")
+            # The engine goes in after the layer (never part of it), before the hooks that run it.
+            started = time.monotonic()
+            engine = install_engine(profile, staged, build_dir)
+            runner.timed("engine-install", time.monotonic() - started)
+            info(engine.summary())
             runner.phase(CUSTOMIZE)
             tools = tools_archive(build_dir, tools_key(build_dir, lb_version))
             tools_from_cache = use_cache and tools.is_file()
@@ -127,6 +140,7 @@ def build_iso(
     details = build_info(profile, artifacts, lb_version, epoch, stages)
     details["package_layer"] = {"key": layer.key, "from_cache": from_cache, "path": str(layer.path)}
     details["binary_tools"] = {"archive": tools.name, "from_cache": tools_from_cache}
+    details["engine"] = engine.as_dict()
     with complete_step("Publishing outputs"):
         outputs = publish(profile, out_dir, iso, manifest, details)
     info(f"ISO: {outputs.iso} ({os.path.getsize(outputs.iso) / 2**20:.0f} MiB)")

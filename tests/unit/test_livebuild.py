@@ -28,9 +28,13 @@ echo "[2026-01-01 00:00:00] lb $*"
 case "$1" in
     bootstrap) mkdir -p chroot/etc .build cache/bootstrap/var/lib/dpkg; touch .build/bootstrap
         echo base > chroot/etc/base
+        mkdir -p chroot/var/lib/dpkg chroot/usr/local/bin chroot/usr/local/lib
+        printf 'Package: base-files\nStatus: install ok installed\nVersion: 13.8\n' > chroot/var/lib/dpkg/status
         echo "Package: base-files" > cache/bootstrap/var/lib/dpkg/status ;;
     chroot_install-packages) echo "$2" >> chroot/etc/installed ;;
     chroot_hooks)
+        # The builder installed the engine before the hooks (hook 03 verifies it, others run it).
+        test -x chroot/usr/local/bin/ollama || { echo "E: no engine before the hooks"; exit 1; }
         if [ "$FAIL_AT" = chroot_hooks ]; then
             # like lb: /proc is mounted in the chroot when the hook fails
             if [ -n "$MOUNT_PROC" ]; then mkdir -p chroot/proc && mount -t tmpfs fake-proc chroot/proc; fi
@@ -101,6 +105,11 @@ def test_cold_then_warm_build(fake_live_build: Path, options: ArtifactOptions, t
     listing = subprocess.run(["tar", "-tf", str(tools)], capture_output=True, text=True, check=True).stdout.split()
     assert "./usr/bin/xorriso" in listing
     assert not [name for name in listing if name.startswith(("./chroot/", "./boot/"))]  # no image inside
+    layer = subprocess.run(["tar", "-tf", info["package_layer"]["path"]], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert "chroot/etc/base" in layer and not [n for n in layer if "ollama" in n]  # the engine is not in it
+    assert info["engine"]["entries"] >= 2 and info["engine"]["dropped_backends"] == []
+    assert "engine-install" in info["stage_seconds"]
     assert set(info["stage_seconds"]) >= {"config", "bootstrap", "packages", "customize", "binary", "total"}
     assert outputs.iso.read_text() == "iso\n"
     assert outputs.sha256.read_text().split() == [info["iso"]["sha256"], outputs.iso.name]

@@ -10,7 +10,7 @@ import yaml
 
 from builder.errors import LockError
 from builder.lock import BASE_ARCHIVE, ROCM_ARCHIVE, parse_sha256sum, pin_release, read_lock, resolve_artifacts
-from builder.profile import load_profile
+from builder.profile import Profile, load_profile
 
 SUMS = Path(__file__).resolve().parents[1] / "fixtures/releases/sha256sum-v0.32.7.txt"
 BASE_SHA = "ed1e39fe8fea90bd7f4c723bd949a2cea3153e111220ec0a183ea5b8dc8b2cae"
@@ -39,10 +39,25 @@ def test_pin_release_writes_lock_atomically(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["artifacts.lock.yaml"]
 
 
+def test_truncated_or_empty_sums_are_refused(tmp_path: Path) -> None:
+    text = SUMS.read_text()
+    with pytest.raises(LockError, match=r"^https://x/sha256sum.txt: truncated \(last line has no newline"):
+        pin_release("0.32.7", text[:-30], tmp_path / "l.yaml", source="https://x/sha256sum.txt")
+    with pytest.raises(LockError, match=r"sha256sum\.txt: empty"):
+        pin_release("0.32.7", "\n", tmp_path / "l.yaml")
+    assert not (tmp_path / "l.yaml").exists()
+
+
 def test_pin_release_without_zst_archive(tmp_path: Path) -> None:
     with pytest.raises(LockError, match=re.escape("lists no ollama-linux-amd64.tar.zst")):
         pin_release("0.13.0", f"{BASE_SHA}  ./ollama-linux-amd64.tgz\n", tmp_path / "l.yaml")
     assert not (tmp_path / "l.yaml").exists()
+
+
+def rocm_profile(tmp_path: Path) -> Profile:
+    path = tmp_path / "amd-rocm.yaml"
+    path.write_text("extends: amd\ngpu:\n  amd:\n    backend: rocm\n")
+    return load_profile(str(path))
 
 
 def test_release_profiles_resolve_to_official_pins(tmp_path: Path) -> None:
@@ -50,7 +65,9 @@ def test_release_profiles_resolve_to_official_pins(tmp_path: Path) -> None:
     pin_release("0.32.7", SUMS.read_text(), lock)
     (nvidia,) = resolve_artifacts(load_profile("nvidia"), lock_path=lock)
     assert nvidia.official and nvidia.sha256 == BASE_SHA and nvidia.source == nvidia.url
-    base, rocm = resolve_artifacts(load_profile("amd"), lock_path=lock)
+    (amd,) = resolve_artifacts(load_profile("amd"), lock_path=lock)  # Vulkan: the main archive only
+    assert amd == nvidia
+    base, rocm = resolve_artifacts(rocm_profile(tmp_path), lock_path=lock)
     assert (base.name, rocm.name) == (BASE_ARCHIVE, ROCM_ARCHIVE)
     assert rocm.url.endswith("/v0.32.7/ollama-linux-amd64-rocm.tar.zst") and rocm.official
 
@@ -60,7 +77,7 @@ def test_unpinned_rocm_refuses_clearly(tmp_path: Path) -> None:
     lock.write_text(yaml.safe_dump({"ollama": {"version": "0.32.7", "base_url": "https://github.com/ollama/ollama/releases/download/v0.32.7/",
                                                "files": {BASE_ARCHIVE: BASE_SHA, ROCM_ARCHIVE: None}}}))
     with pytest.raises(LockError, match=re.escape("not pinned yet; run `python build.py lock 0.32.7`")):
-        resolve_artifacts(load_profile("amd"), lock_path=lock)
+        resolve_artifacts(rocm_profile(tmp_path), lock_path=lock)
 
 
 def test_mirror_and_local_override_keep_the_pin(tmp_path: Path) -> None:
