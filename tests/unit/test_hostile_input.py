@@ -357,3 +357,45 @@ def test_lock_patterns_match_the_whole_value() -> None:
 
     with pytest.raises(LockError, match="is not a release version"):
         pin_release("0.32.7\n", "")
+
+
+# -- the escaping filters themselves ------------------------------------------------------------------
+
+SHELL_VALUES = ["plain", "a b", "it's", 'say "hi"', "$(id)", "`id`", "back\\slash", "%n", "", "-n", "*", "é µ"]
+
+
+@pytest.mark.parametrize("value", SHELL_VALUES)
+def test_sh_and_envfile_read_back_in_the_shell(tmp_path: Path, value: str) -> None:
+    from builder.escape import envfile, sh
+
+    out = subprocess.run(["sh", "-c", f"printf %s {sh(value)}"], capture_output=True, text=True, check=True)
+    assert out.stdout == value
+    (tmp_path / "env").write_text(f"K={envfile(value)}\n", encoding="utf-8")
+    out = subprocess.run(["sh", "-c", '. "$1"; printf %s "$K"', "sh", str(tmp_path / "env")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == value
+
+
+@pytest.mark.parametrize("name", ["sh", "envfile", "unit", "unit_arg", "caddy", "word"])
+@pytest.mark.parametrize("char", ["\n", "\r", "\x00", "\x1b", "\x85", "\u2028", "\u202e"])
+def test_every_filter_refuses_control_characters(name: str, char: str) -> None:
+    from builder.errors import TreeError
+    from builder.escape import FILTERS
+
+    with pytest.raises(TreeError, match="control character"):
+        FILTERS[name](f"a{char}b")
+
+
+def test_unit_caddy_num_word_filters() -> None:
+    from builder.errors import TreeError
+    from builder.escape import caddy, num, unit, unit_arg, word
+
+    assert unit("every 5% of %n") == "every 5%% of %%n"
+    assert unit_arg('a "b" $X %i \\') == '"a \\"b\\" $$X %%i \\\\"'
+    assert caddy("a b") == '"a b"'
+    assert num(8443) == "8443"
+    assert word("curl") == "curl"
+    for call, value in [(unit, "end\\"), (caddy, "{$NEURALDRIVE_API_KEY}"), (caddy, 'a"b'), (num, True),
+                        (num, "1"), (word, "a b"), (word, "-rf")]:
+        with pytest.raises(TreeError):
+            call(value)  # type: ignore[operator]
