@@ -106,6 +106,7 @@ class _Writer:
             raise UnsafeArchiveError(f"{what}: {_kind(member)} refused (only files, directories and links)")
         if member.issym() and not _inside(posixpath.dirname(name), member.linkname):
             raise UnsafeArchiveError(f"{what}: symlink to {member.linkname!r} leads out of the tree")
+        source = safe_name(member.linkname, f"{what}: hard link target") if member.islnk() else ""
         if not self.keep(name):
             self.result.skipped_bytes += member.size if member.isreg() else 0
             return
@@ -124,7 +125,6 @@ class _Writer:
             os.symlink(member.linkname, target)
             self.result.links.append(name)
         elif member.islnk():
-            source = safe_name(member.linkname, f"{what}: hard link target")
             if source not in self.written:
                 raise UnsafeArchiveError(f"{what}: hard link to {member.linkname!r}, not a file written before it")
             os.link(self.dest / source, target, follow_symlinks=False)

@@ -4,6 +4,7 @@ its dropped backends never touching the disk."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tarfile
 from pathlib import Path
@@ -63,6 +64,15 @@ def test_hostile_member_refused_by_name(tmp_path: Path, tree: Path, case: str) -
     for path in tree.rglob("*"):
         if path.is_symlink():
             assert os.path.realpath(path).startswith(str(tree)), path
+
+
+def test_hostile_member_refused_even_in_a_pruned_backend(tmp_path: Path, tree: Path) -> None:
+    archive = write_archive(tmp_path / "o.tar.zst", [*BASE, d("lib/ollama/cuda_v13"),
+                                                     hard("lib/ollama/cuda_v13/x", "../../../../etc/shadow")])
+    plan = plan_prune(["lib/ollama/cuda_v13/x"], (), "vulkan", None)
+    message = "'lib/ollama/cuda_v13/x': hard link target: '..' in the path"
+    with pytest.raises(UnsafeArchiveError, match=re.escape(message)):
+        extract_archive(archive, tree, plan.keeps)
 
 
 def test_sparse_member_refused(tmp_path: Path, tree: Path) -> None:
