@@ -377,7 +377,8 @@ def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summa
         _write_test_stick(iso, encrypted, encrypt=True)
     figures = BootFigures(mode="bios-stick-luks")
     summary.boots.append(figures)
-    append = grub_entry_append(iso, "encrypted")
+    # The default entry: an encrypted stick must not need a menu choice to keep its persistence.
+    append = grub_entry_append(iso, "neuraldrive")
     vm = VM(BootSpec(iso=encrypted, media="disk", writable_disk=True, kernel_append=append,
                      gateway_guest_port=profile.gateway.port), workdir, name="luks-stick")
     access = write_ssh_config(workdir, key, vm.forwards.ssh)

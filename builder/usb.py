@@ -124,8 +124,9 @@ def luks_encrypt_in_place(device: str, passphrase: bytes, kdf: tuple[str, ...] =
     `kdf`: extra cryptsetup PBKDF options. Empty (the default for every stick) keeps cryptsetup's
     argon2id benchmarked cost; image tests pass a cheap one because unlocking runs under emulation.
     """
+    # The LUKS2 label "persistence" is what the default boot entry (live-boot's lukslabel) opens.
     _cryptsetup(["reencrypt", "--encrypt", "--type", "luks2", "--reduce-device-size", f"{LUKS_RESERVE >> 20}M",
-                 *kdf, "--batch-mode", "--key-file", "-", device], passphrase)
+                 "--label", "persistence", *kdf, "--batch-mode", "--key-file", "-", device], passphrase)
 
 
 def luks_passphrase_opens(device: str, passphrase: bytes) -> bool:

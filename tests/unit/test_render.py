@@ -307,13 +307,15 @@ def test_glx_hook_switches_only_to_a_registered_mesa(tmp_path: Path, registered:
     assert ("--quiet --set glx /usr/lib/mesa-diverted" in calls.read_text()) is switched
 
 
-def test_encrypted_menu_entry_is_what_the_luks_stick_test_boots(trees: dict[str, Path]) -> None:
+def test_default_menu_entry_takes_labelled_luks_persistence(trees: dict[str, Path]) -> None:
     cfg = (trees["test"] / "config/bootloaders/grub-pc/grub.cfg").read_text()
     # What live-build makes of its placeholders (binary_grub_cfg), incl. its loopback variable.
     cfg = (cfg.replace("@KERNEL_LIVE@", "/live/vmlinuz").replace("@INITRD_LIVE@", "/live/initrd.img")
            .replace("@APPEND_LIVE@", "boot=live persistence findiso=${iso_path}"))
     assert menu_entry_append(cfg, "encrypted") == "boot=live persistence findiso= persistence-encryption=luks"
-    assert "persistence-encryption" not in menu_entry_append(cfg, "neuraldrive")
+    # The default entry (what the LUKS stick test boots) opens only a LUKS container labelled
+    # "persistence", never another encrypted disk of the machine.
+    assert menu_entry_append(cfg, "neuraldrive").endswith("persistence-encryption=none,lukslabel")
     with pytest.raises(VMError):
         menu_entry_append(cfg, "missing")
 
