@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shlex
 import tempfile
 import types
 import typing
@@ -21,7 +22,7 @@ from typing import Any, Union
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from builder.errors import ProfileError
@@ -136,10 +137,23 @@ def hostile_values(path: tuple[Any, ...]) -> st.SearchStrategy[str]:
     return st.one_of(injected, random_text)
 
 
+# Fields that take nearly any printable text, so that hostile-but-printable values get rendered.
+FREE_PATHS = [p for p in STRING_PATHS if p in {("description",), ("ollama", "extra_env", "<value>"),
+                                               ("debian", "mirrors", "chroot"), ("debian", "mirrors", "security"),
+                                               ("ollama", "archive", "url"), ("preload", "store")}]
+SYNTAX = [*"'\"$`\\%{};&|<>#=*?!~ ", "é", "\u00a0", "\U0001f600"]
+
+
 @st.composite
-def hostile_profiles(draw: st.DrawFn) -> tuple[tuple[Any, ...], str, dict[str, Any]]:
-    path = draw(st.sampled_from(STRING_PATHS))
-    value = draw(hostile_values(path))
+def hostile_profiles(draw: st.DrawFn, paths: list[tuple[Any, ...]] = STRING_PATHS,
+                     printable: bool = False) -> tuple[tuple[Any, ...], str, dict[str, Any]]:
+    path = draw(st.sampled_from(paths))
+    if printable:
+        base = _base_value(path)
+        chars = draw(st.lists(st.sampled_from(SYNTAX), min_size=1, max_size=6))
+        value = base + "".join(chars) if path[0] == "debian" or path[-1] == "url" else "".join(chars) + base
+    else:
+        value = draw(hostile_values(path))
     return path, value, with_value(path, value)
 
 
@@ -228,23 +242,25 @@ def test_every_string_field_is_fuzzed() -> None:
     assert len(STRING_PATHS) >= 25
 
 
-@settings(SETTINGS, max_examples=400)
+@settings(SETTINGS, max_examples=300)
 @given(hostile_profiles())
 def test_hostile_strings_load_or_fail_in_one_line(case: tuple[tuple[Any, ...], str, dict[str, Any]]) -> None:
     path, value, doc = case
     with tempfile.TemporaryDirectory() as tmp:
         profile = load(doc, Path(tmp))
+    event("refused" if profile is None else "accepted")
     if profile is not None:
         assert first_control(value) is None, f"{path}: accepted {value!a}"
 
 
 @settings(SETTINGS, max_examples=120)
-@given(hostile_profiles())
+@given(st.one_of(hostile_profiles(), hostile_profiles(FREE_PATHS), hostile_profiles(FREE_PATHS, printable=True)))
 def test_accepted_values_render_without_raw_control_characters(
         case: tuple[tuple[Any, ...], str, dict[str, Any]]) -> None:
     _path, _value, doc = case
     with tempfile.TemporaryDirectory() as tmp:
         profile = load(doc, Path(tmp))
+        event("refused" if profile is None else "accepted and rendered")
         if profile is None:
             return
         tree = render_tree(profile, Path(tmp) / "tree", [])
@@ -253,6 +269,10 @@ def test_accepted_values_render_without_raw_control_characters(
         assert env["OLLAMA_HOST"] == "127.0.0.1:11434"
         assert {k: env[k] for k in profile.ollama.extra_env} == profile.ollama.extra_env
         assert env["OLLAMA_KEEP_ALIVE"] == profile.ollama.keep_alive
+        script = (tree / "auto/config").read_text(encoding="utf-8").replace("\\\n", "")  # line continuations
+        words = shlex.split(script, comments=True)
+        assert words[words.index("--mirror-chroot") + 1] == profile.debian.mirrors.chroot
+        assert words[words.index("--mirror-chroot-security") + 1] == profile.debian.mirrors.security
         hook = (tree / "config/hooks/live/05-instances.hook.chroot").read_text(encoding="utf-8")
         body = hook.split("<<'CONF'\n", 1)[1].split("\nCONF\n", 1)[0]
         assert systemd_env(body)["OLLAMA_MODELS"] == (profile.ollama.instances[0].models_dir
