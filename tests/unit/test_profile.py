@@ -128,7 +128,10 @@ def test_unknown_profile_name_lists_known() -> None:
         load_profile("no-such-profile")
 
 
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f"
+
+
 def test_authorized_keys_relative_to_profile(tmp_path: Path) -> None:
-    (tmp_path / "admin.pub").write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f test\n")
+    (tmp_path / "admin.pub").write_text(f"{ED25519} test\n")
     profile = load_profile(write(tmp_path, "extends: default\nssh:\n  enabled: true\n  authorized_keys: admin.pub\n"))
     assert profile.ssh.authorized_keys == "admin.pub"
