@@ -8,8 +8,9 @@ packages.lists/         config/package-lists/       (gpu-<vendor>.* only for the
 bootloaders/            config/bootloaders/
 `*.j2` files are rendered with jinja2 (StrictUndefined, plus one escaping filter per target syntax
 from builder/escape.py: sh, envfile, unit, unit_arg, caddy, num, word) and lose the suffix; everything else is
-copied with its mode; symlinks stay symlinks. The verified engine archives are staged where hook
-03-install-extras finds them, and `auto/config` records the exact `lb config` call.
+copied with its mode; symlinks stay symlinks. The verified engine archives are staged in
+config/neuraldrive-artifacts/ (the builder installs the engine itself, builder/engine.py, and lists
+what it wrote there for hook 03-install-extras), and `auto/config` records the exact `lb config` call.
 """
 
 from __future__ import annotations
