@@ -88,3 +88,33 @@ def test_health_check_restarts_a_stopped_engine(host: Any) -> None:
     wait_until_engine_answers(host)
     with host.sudo():
         host.run("systemctl reset-failed neuraldrive-healthcheck.service")
+
+
+def test_a_full_persistence_partition_is_reported_not_fatal(host: Any, gateway: Gateway, api_key: str,
+                                                            model: str) -> None:
+    """Fill the persistence partition to the last block: the engine and the gateway keep serving, the
+    health check reports it (a warning, no restart), and nothing already there is damaged."""
+    filler = "/var/lib/neuraldrive/fill-test"
+    with host.sudo():
+        before = host.check_output("cd /var/lib/neuraldrive/models && find . -type f | sort | xargs sha256sum")
+        engine_pid = host.check_output("systemctl show -p MainPID --value neuraldrive-ollama.service")
+        host.run(f"fallocate -l $(df --output=avail -B1 /var/lib/neuraldrive | tail -1) {filler}; "
+                 f"dd if=/dev/zero of={filler}.tail bs=4k status=none 2>/dev/null; sync")
+        try:
+            assert host.check_output("df --output=avail -B1 /var/lib/neuraldrive | tail -1").strip() == "0"
+            assert gateway.request("GET", "/api/version", key=api_key).status == 200
+            tags = gateway.request("GET", "/api/tags", key=api_key)
+            assert tags.status == 200 and model in tags.body.decode()
+            reply = gateway.request("POST", "/api/generate", key=api_key,
+                                    body={"model": model, "prompt": "hi", "stream": False, "keep_alive": 0})
+            assert reply.status == 200, reply.body
+            check = host.run("systemctl start neuraldrive-healthcheck.service")
+            log = host.check_output("journalctl -u neuraldrive-healthcheck.service -n 10 --no-pager -o cat")
+            assert check.rc == 0, log  # exit 3 (warnings) counts as success: no recovery
+            assert "warning: disk:" in log and "100% used" in log, log
+            assert host.check_output(
+                "systemctl show -p MainPID --value neuraldrive-ollama.service") == engine_pid
+        finally:
+            host.run(f"rm -f {filler} {filler}.tail; sync")
+        after = host.check_output("cd /var/lib/neuraldrive/models && find . -type f | sort | xargs sha256sum")
+    assert after == before
