@@ -19,12 +19,23 @@ OLLAMA_LIB: Final = "/usr/local/lib/ollama"
 OLLAMA_PORT: Final = 11434
 
 ETC_DIR: Final = "/etc/neuraldrive"
+# The in-image programs the units run (their logic: the neuraldrive package in Debian's python3 path).
+PROGRAM_DIR: Final = "/usr/lib/neuraldrive"
 STATE_DIR: Final = "/var/lib/neuraldrive"
 MODELS_DIR: Final = "/var/lib/neuraldrive/models/"
 # The engine's $HOME: `ollama serve` creates ~/.ollama/id_ed25519 before it listens and exits when
 # it cannot; owned by the engine user, the only place in the state dir besides models/ it may write.
 ENGINE_HOME: Final = "/var/lib/neuraldrive/engine"
 OVERRIDE_DIR: Final = "/var/lib/neuraldrive/config"
+# The settings files, read in this order (later files win): the image's defaults, then the persistent
+# override of each. The units load them with EnvironmentFile= (config/templates/units.j2), the
+# in-image programs with neuraldrive.paths.CONF_FILES (a unit test keeps the two equal).
+CONF_FILES: Final = (
+    f"{ETC_DIR}/ollama.conf",
+    f"{OVERRIDE_DIR}/ollama.conf",
+    f"{ETC_DIR}/neuraldrive.conf",
+    f"{OVERRIDE_DIR}/neuraldrive.conf",
+)
 SECRETS_DIR: Final = "/var/lib/neuraldrive/secrets"
 API_KEY_FILE: Final = "/var/lib/neuraldrive/secrets/api-key"
 # Needed, besides the API key, for the routes that change the model store (create, copy, delete, push).

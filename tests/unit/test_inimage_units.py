@@ -13,11 +13,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from builder import facts
 from builder.profile import Profile, load_profile
-from builder.render import jinja_environment, template_context
+from builder.render import ROOT, jinja_environment, template_context
 from tests.fixtures.gpu import CHROOT, lib
 
 UNIT_DIR = CHROOT / "etc/systemd/system"
@@ -35,7 +36,10 @@ needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None or no
 
 
 def render(template: Path, profile: Profile) -> str:
-    return jinja_environment().from_string(template.read_text()).render(**template_context(profile, []))
+    """One template rendered as the renderer does (names relative to the repository, so the units'
+    macros in config/templates/ are found)."""
+    env = jinja_environment(jinja2.FileSystemLoader(str(ROOT)))
+    return env.get_template(template.relative_to(ROOT).as_posix()).render(**template_context(profile, []))
 
 
 def tuned(profile: Profile) -> Profile:
@@ -134,7 +138,16 @@ def test_in_image_paths_match_the_builders_facts() -> None:
     paths = lib("paths")
     for name in ("API_KEY_FILE", "ADMIN_KEY_FILE", "API_KEY_GROUP", "STATE_DIR", "RUN_DIR", "GPU_ENV", "OLLAMA_PORT"):
         assert getattr(paths, name) == getattr(facts, name), name
-    conf_files = paths.CONF_FILES
-    assert conf_files == (
-        f"{facts.ETC_DIR}/ollama.conf", f"{facts.OVERRIDE_DIR}/ollama.conf",
-        f"{facts.ETC_DIR}/neuraldrive.conf", f"{facts.OVERRIDE_DIR}/neuraldrive.conf")
+    assert paths.CONF_FILES == facts.CONF_FILES
+
+
+def test_units_load_the_settings_files_in_order() -> None:
+    """Every unit that reads the settings reads facts.CONF_FILES (all, or one file's pair), in order,
+    each persistent override optional."""
+    for template in UNIT_DIR.glob("*.service.j2"):
+        text = render(template, load_profile("default"))
+        loaded = [line.removeprefix("EnvironmentFile=") for line in text.splitlines()
+                  if line.startswith("EnvironmentFile=")]
+        listed = [f if f.startswith(facts.ETC_DIR) else f"-{f}" for f in facts.CONF_FILES]
+        assert [f for f in loaded if f.lstrip("-") in facts.CONF_FILES] in (
+            [], listed, listed[:2], listed[2:]), template.name
