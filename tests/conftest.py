@@ -18,14 +18,14 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from tests.fixtures.ollama_double import SCRIPT, write_model  # noqa: E402
+from builder.proof.ollama_double import SCRIPT, write_model  # noqa: E402
 
 _START_TIMEOUT_S = 10.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class OllamaDouble:
-    """A running `ollama serve` test double (see tests/fixtures/ollama_double)."""
+    """A running `ollama serve` test double (see builder/proof/ollama_double)."""
 
     def __init__(self, port: int, models_dir: Path) -> None:
         self.host = f"127.0.0.1:{port}"

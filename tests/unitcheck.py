@@ -16,7 +16,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from builder.qemu import TOOLS_ROOT  # the trixie tools root, shared with QEMU
+from builder.vm.qemu import TOOLS_ROOT  # the trixie tools root, shared with QEMU
 
 
 def analyze_root() -> Path:

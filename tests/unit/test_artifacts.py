@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.artifacts import FetchPolicy, cache_path, fetch_artifact
+from builder.artifacts.fetch import FetchPolicy, cache_path, fetch_artifact
+from builder.artifacts.lock import Artifact
 from builder.errors import ArtifactError
-from builder.lock import Artifact
 
 BODY = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(BODY).hexdigest()

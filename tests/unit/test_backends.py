@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.backends import CUDA_MIN_DRIVER, plan_prune
+from builder.image.backends import CUDA_MIN_DRIVER, plan_prune
+from builder.proof.ollama_double.package import build_archive
 from tests.fixtures.engine_archive import REAL_LAYOUT, ROCM_LAYOUT, names
-from tests.fixtures.ollama_double.package import build_archive
 
 REAL = names(REAL_LAYOUT)
 WITH_ROCM = REAL + names(ROCM_LAYOUT)

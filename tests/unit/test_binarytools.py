@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import binarytools
 from builder.errors import LiveBuildError
+from builder.image import binarytools
 
 
 def build_dir_with_image(tmp_path: Path) -> Path:
@@ -98,7 +98,7 @@ def test_unpack_puts_the_image_inside_the_cached_tools(tmp_path: Path) -> None:
     (tools / "usr/bin").mkdir(parents=True)
     (tools / "usr/bin/xorriso").write_text("tool")
     archive = tmp_path / "binary-tools-k.tar.zst"
-    from builder.layer import archive_tree
+    from builder.image.cache import archive_tree
     archive_tree(tools, archive)
     build = tmp_path / "build"
     (build / "chroot/etc").mkdir(parents=True)

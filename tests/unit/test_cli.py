@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 import build
 from builder.profile import load_profile
-from tests.fixtures.ollama_double.package import build_archive
+from builder.proof.ollama_double.package import build_archive
 
 SUMS = Path(__file__).resolve().parents[1] / "fixtures/releases/sha256sum-v0.32.7.txt"
 
@@ -124,7 +124,7 @@ def test_iso_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_old_live_build_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("builder.livebuild.live_build_version", lambda: "1:20230502")
+    monkeypatch.setattr("builder.image.livebuild.live_build_version", lambda: "1:20230502")
     result = run("iso", "--profile", "test", "--cache-dir", str(tmp_path))
     assert result.exit_code == 2
     assert "live-build 1:20230502 is too old" in result.output
@@ -139,7 +139,7 @@ def test_authorized_keys_needs_ssh_enabled(tmp_path: Path) -> None:
 
 def test_lock_from_sums_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lock = tmp_path / "artifacts.lock.yaml"
-    monkeypatch.setattr("builder.lock.LOCK_FILE", lock)
+    monkeypatch.setattr("builder.artifacts.lock.LOCK_FILE", lock)
     result = run("lock", "0.32.7", "--sums", str(SUMS))
     assert result.exit_code == 0, result.output
     assert "ollama-linux-amd64-rocm.tar.zst" in result.output
@@ -156,6 +156,6 @@ def test_test_profile_pin_matches_the_double(served_double: tuple[str, Path]) ->
     pin = load_profile("test").ollama.archive
     assert pin is not None
     assert hashlib.sha256(archive.read_bytes()).hexdigest() == pin.sha256, (
-        "tests/fixtures/ollama_double changed: update ollama.archive.sha256 in config/profiles/test.yaml "
-        "to the output of `python3 -m tests.fixtures.ollama_double.package /tmp/d`"
+        "builder/proof/ollama_double changed: update ollama.archive.sha256 in config/profiles/test.yaml "
+        "to the output of `python3 -m builder.proof.ollama_double.package /tmp/d`"
     )

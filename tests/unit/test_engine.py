@@ -10,13 +10,14 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from builder.engine import install_engine, installed_versions, nvidia_driver, upstream_version
+from builder.artifacts.lock import Artifact
 from builder.errors import ArtifactError, LiveBuildError
-from builder.lock import Artifact
+from builder.files import ROOT
+from builder.image.engine import install_engine, installed_versions, nvidia_driver, upstream_version
+from builder.image.render import StagedArtifact, facts
 from builder.profile import load_profile
-from builder.render import ROOT, StagedArtifact, facts
+from builder.proof.ollama_double.package import build_archive
 from tests.fixtures.engine_archive import REAL_LAYOUT, ROCM_LAYOUT, f, write_archive
-from tests.fixtures.ollama_double.package import build_archive
 
 STATUS = """\
 Package: libcuda1
@@ -47,7 +48,7 @@ def chroot_with(tmp_path: Path, status: str) -> Path:
 
 
 def staged(path: Path, name: str = "ollama-linux-amd64.tar.zst", sha: str | None = None) -> StagedArtifact:
-    from builder.artifacts import sha256_file
+    from builder.files import sha256_file
 
     digest = sha256_file(path)
     cached = path.parent / "cache" / digest  # the artifact cache names files by their sha256

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.backends import plan_prune
 from builder.errors import UnsafeArchiveError
-from builder.extract import extract_archive
+from builder.image.backends import plan_prune
+from builder.image.extract import extract_archive
 from tests.fixtures.engine_archive import MTIME, REAL_LAYOUT, Member, d, f, hard, names, sym, write_archive
 
 BASE = [d("bin"), f("bin/ollama", b"#!/bin/sh\n", 0o755), d("lib"), d("lib/ollama")]

@@ -17,8 +17,8 @@ from click.testing import CliRunner, Result
 
 import build
 from builder.errors import ProfileError
+from builder.image.render import render_tree
 from builder.profile import load_profile
-from builder.render import render_tree
 
 INCLUDES = "config/includes.chroot_after_packages"
 
@@ -321,7 +321,7 @@ def test_tree_refuses_a_symlink_to_its_own_tree(tmp_path: Path) -> None:
 # -- 6. the archive server ---------------------------------------------------------------------------
 
 def test_the_archive_server_serves_only_the_named_files(tmp_path: Path) -> None:
-    from builder.imagetest import serve_files
+    from builder.proof.server import serve_files
 
     archive = tmp_path / "ollama-linux-amd64.tar.zst"
     archive.write_bytes(b"archive bytes")
@@ -339,7 +339,7 @@ def test_the_archive_server_serves_only_the_named_files(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")
 def test_keys_made_by_ssh_keygen_pass_and_their_private_halves_do_not(tmp_path: Path) -> None:
-    from builder.sshkeys import read_authorized_keys
+    from builder.profile.sshkeys import read_authorized_keys
 
     for kind, bits in [("ed25519", None), ("ecdsa", "256"), ("ecdsa", "384"), ("ecdsa", "521"), ("rsa", "3072")]:
         key = tmp_path / f"id_{kind}{bits or ''}"
@@ -352,8 +352,8 @@ def test_keys_made_by_ssh_keygen_pass_and_their_private_halves_do_not(tmp_path: 
 
 
 def test_lock_patterns_match_the_whole_value() -> None:
+    from builder.artifacts.lock import pin_release
     from builder.errors import LockError
-    from builder.lock import pin_release
 
     with pytest.raises(LockError, match="is not a release version"):
         pin_release("0.32.7\n", "")
@@ -366,7 +366,7 @@ SHELL_VALUES = ["plain", "a b", "it's", 'say "hi"', "$(id)", "`id`", "back\\slas
 
 @pytest.mark.parametrize("value", SHELL_VALUES)
 def test_sh_and_envfile_read_back_in_the_shell(tmp_path: Path, value: str) -> None:
-    from builder.escape import envfile, sh
+    from builder.image.escape import envfile, sh
 
     out = subprocess.run(["sh", "-c", f"printf %s {sh(value)}"], capture_output=True, text=True, check=True)
     assert out.stdout == value
@@ -380,7 +380,7 @@ def test_sh_and_envfile_read_back_in_the_shell(tmp_path: Path, value: str) -> No
 @pytest.mark.parametrize("char", ["\n", "\r", "\x00", "\x1b", "\x85", "\u2028", "\u202e"])
 def test_every_filter_refuses_control_characters(name: str, char: str) -> None:
     from builder.errors import TreeError
-    from builder.escape import FILTERS
+    from builder.image.escape import FILTERS
 
     with pytest.raises(TreeError, match="control character"):
         FILTERS[name](f"a{char}b")
@@ -388,7 +388,7 @@ def test_every_filter_refuses_control_characters(name: str, char: str) -> None:
 
 def test_unit_caddy_num_word_filters() -> None:
     from builder.errors import TreeError
-    from builder.escape import caddy, num, unit, unit_arg, word
+    from builder.image.escape import caddy, num, unit, unit_arg, word
 
     assert unit("every 5% of %n") == "every 5%% of %%n"
     assert unit_arg('a "b" $X %i \\') == '"a \\"b\\" $$X %%i \\\\"'

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from builder.errors import ProfileError
-from builder.escape import first_control
+from builder.image.escape import first_control
+from builder.image.render import render_tree
 from builder.profile import Profile, load_profile
-from builder.render import render_tree
 
 INCLUDES = "config/includes.chroot_after_packages"
 LOADER_SET = {"name", "source"}
@@ -293,6 +293,6 @@ def test_random_bytes_as_a_profile_file(data: bytes) -> None:
 
 @pytest.mark.parametrize("value", ["a b", "it's", 'say "hi"', "$HOME", "back\\slash", "%n", "", "a=b", "#x", " lead"])
 def test_the_env_reader_used_above_agrees_with_the_filter(value: str) -> None:
-    from builder.escape import envfile
+    from builder.image.escape import envfile
 
     assert systemd_env(f"K={envfile(value)}\n") == {"K": value}

@@ -1,8 +1,8 @@
 """The systemd units and config of the GPU, idle, health and console features, rendered from
 real profiles: they must pass `systemd-analyze verify` and stay at exposure <= 1.5.
 
-Rendering here uses jinja2 with the renderer's settings and builder.render's template
-context; it can switch to builder.render.render_tree once a test helper renders one file.
+Rendering here uses jinja2 with the renderer's settings and builder.image.render's template
+context; it can switch to builder.image.render.render_tree once a test helper renders one file.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import jinja2
 import pytest
 
 from builder import facts
+from builder.image.render import ROOT, jinja_environment, template_context
 from builder.profile import Profile, load_profile
-from builder.render import ROOT, jinja_environment, template_context
 from tests.fixtures.gpu import CHROOT, lib
 
 UNIT_DIR = CHROOT / "etc/systemd/system"

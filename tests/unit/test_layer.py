@@ -7,9 +7,9 @@ import os
 import time
 from pathlib import Path
 
-from builder import layer
-from builder.layer import layer_for, layer_key, restore_layer, save_layer
-from builder.lbconfig import lb_config_args
+from builder.image import cache as layer
+from builder.image.cache import layer_for, layer_key, restore_layer, save_layer
+from builder.image.lbconfig import lb_config_args
 from builder.profile import load_profile
 
 

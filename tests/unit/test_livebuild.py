@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from builder import binarytools, pipeline
 from builder.errors import LiveBuildError
-from builder.lbconfig import lb_config_args
-from builder.livebuild import image_phase, mounts_below, release_mounts
-from builder.pipeline import ArtifactOptions, build_iso
+from builder.image import binarytools, pipeline
+from builder.image.lbconfig import lb_config_args
+from builder.image.livebuild import image_phase, mounts_below, release_mounts
+from builder.image.pipeline import ArtifactOptions, build_iso
+from builder.image.publish import output_names
 from builder.profile import load_profile
-from builder.report import output_names
-from tests.fixtures.ollama_double.package import build_archive
+from builder.proof.ollama_double.package import build_archive
 
 FAKE_LB = r"""#!/bin/sh
 # Stand-in for live-build: records each call, makes the files later phases read.

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builder.artifacts.lock import (
+    BASE_ARCHIVE,
+    ROCM_ARCHIVE,
+    parse_sha256sum,
+    pin_release,
+    read_lock,
+    resolve_artifacts,
+)
 from builder.errors import LockError
-from builder.lock import BASE_ARCHIVE, ROCM_ARCHIVE, parse_sha256sum, pin_release, read_lock, resolve_artifacts
 from builder.profile import Profile, load_profile
 
 SUMS = Path(__file__).resolve().parents[1] / "fixtures/releases/sha256sum-v0.32.7.txt"

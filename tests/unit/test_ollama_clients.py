@@ -15,7 +15,7 @@ ollama = pytest.importorskip("ollama")
 openai = pytest.importorskip("openai")
 gguf = pytest.importorskip("gguf")
 
-from tests.fixtures.ollama_double import SCRIPT  # noqa: E402
+from builder.proof.ollama_double import SCRIPT  # noqa: E402
 
 
 def tiny_gguf(path: Path, embedding_length: int = 8) -> Path:

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.ollama_double import SCRIPT
-from tests.fixtures.ollama_double.package import ARCHIVE_NAME, build_archive
+from builder.proof.ollama_double import SCRIPT
+from builder.proof.ollama_double.package import ARCHIVE_NAME, build_archive
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

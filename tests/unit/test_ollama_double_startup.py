@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.ollama_double import SCRIPT
+from builder.proof.ollama_double import SCRIPT
 from tests.unit.test_ollama_double import call, load_script, ps_names, wait_until_unloaded
 
 

@@ -17,12 +17,12 @@ import yaml
 from click.testing import CliRunner
 
 import build
+from builder.artifacts.lock import BASE_ARCHIVE, ROCM_ARCHIVE, read_lock
+from builder.artifacts.pinning import pin_missing
 from builder.errors import LockError
-from builder.lock import BASE_ARCHIVE, ROCM_ARCHIVE, read_lock
-from builder.pinning import pin_missing
-from builder.pipeline import ArtifactOptions, artifacts_for
+from builder.image.pipeline import ArtifactOptions, artifacts_for
+from builder.image.publish import build_info
 from builder.profile import Profile, load_profile
-from builder.report import build_info
 
 BASE_BYTES, ROCM_BYTES = b"base archive bytes\n", b"rocm archive bytes\n"
 BASE_SHA, ROCM_SHA = (hashlib.sha256(b).hexdigest() for b in (BASE_BYTES, ROCM_BYTES))
@@ -160,7 +160,7 @@ def test_missing_base_entry_is_pinned_too(server: str, tmp_path: Path) -> None:
 
 def test_cli_fetch_pins_then_downloads(server: str, lock: Path, rocm_profile: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("builder.lock.LOCK_FILE", lock)
+    monkeypatch.setattr("builder.artifacts.lock.LOCK_FILE", lock)
     runner = CliRunner()
     args = ["fetch", "--profile", str(rocm_profile), "--cache-dir", str(tmp_path / "cache")]
     offline = runner.invoke(build.cli, [*args, "--offline"])
@@ -177,7 +177,7 @@ def test_cli_fetch_pins_then_downloads(server: str, lock: Path, rocm_profile: Pa
 
 def test_lock_command_shares_the_checks(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lock = tmp_path / "lock.yaml"
-    monkeypatch.setattr("builder.lock.LOCK_FILE", lock)
+    monkeypatch.setattr("builder.artifacts.lock.LOCK_FILE", lock)
     runner = CliRunner()
     bad = runner.invoke(build.cli, ["lock", "0.32.7", "--sums", f"{server}/truncated/sha256sum.txt"])
     assert bad.exit_code == 2 and "truncated (last line has no newline" in bad.output and not lock.exists()

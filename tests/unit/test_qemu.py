@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import qemu
 from builder.errors import VMError
-from builder.qemu import Qemu, bind_dirs, select_qemu
+from builder.vm import qemu
+from builder.vm.qemu import Qemu, bind_dirs, select_qemu
 
 
 def test_binds_top_level_dirs_but_never_a_system_dir_of_the_root(tmp_path: Path) -> None:
@@ -88,16 +88,16 @@ def test_chrooted_qemu_sees_host_dirs_and_leaves_no_mounts(tmp_path: Path) -> No
 
 def test_vm_hands_qemu_absolute_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A chrooted QEMU starts in the root's /: relative ISO or disk paths would not resolve."""
-    from builder.vm import VM, BootSpec
+    from builder.vm.machine import VM, BootSpec
 
     if shutil.which("qemu-img") is None:
         pytest.skip("needs qemu-img")
     monkeypatch.chdir(tmp_path)
     Path("x.iso").write_bytes(b"")
     Path("work").mkdir()
-    import builder.vm
+    import builder.vm.machine
 
-    monkeypatch.setattr(builder.vm, "select_qemu", lambda: Qemu("10.0", tmp_path))
+    monkeypatch.setattr(builder.vm.machine, "select_qemu", lambda: Qemu("10.0", tmp_path))
     vm = VM(BootSpec(iso=Path("x.iso"), media="cd", persistence_disk=Path("p.qcow2")), Path("work"))
     cmd = vm.command()
     assert any(f"file={tmp_path}/x.iso," in arg for arg in cmd)

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from builder.artifacts.lock import Artifact, resolve_artifacts
 from builder.errors import VMError
-from builder.lbconfig import lb_config_args
-from builder.lock import Artifact, resolve_artifacts
+from builder.image.lbconfig import lb_config_args
+from builder.image.render import ROOT, StagedArtifact, render_tree
 from builder.profile import PROFILES_DIR, Profile, load_profile
-from builder.render import ROOT, StagedArtifact, render_tree
-from builder.vm import menu_entry_append
+from builder.proof.ollama_double.package import build_archive
+from builder.vm.media import menu_entry_append
 from tests import unitcheck
-from tests.fixtures.ollama_double.package import build_archive
 
 PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 INCLUDES = "config/includes.chroot_after_packages"
@@ -129,7 +129,7 @@ def test_hooks_are_valid_shell(trees: dict[str, Path], name: str) -> None:
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_install_hook_only_verifies_the_builders_install(trees: dict[str, Path], name: str) -> None:
-    """The builder extracts the engine (builder/engine.py); hook 03 never unpacks an archive as root."""
+    """The builder extracts the engine (builder/image/engine.py); hook 03 never unpacks an archive as root."""
     hook = (trees[name] / "config/hooks/live/03-install-extras.hook.chroot").read_text()
     assert "tar " not in hook and "/live-build/config/neuraldrive-artifacts/engine-files.txt" in hook
     for item in staged_for(load_profile(name), Path("x")):

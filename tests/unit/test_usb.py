@@ -20,11 +20,12 @@ from test_usb_fakes import FakeHost, GiB, MiB
 from test_usb_models import make_store
 
 import build
-from builder import usb, usb_command
-from builder.usb_command import UsbRequest, run_usb
-from builder.usb_errors import UsbError
-from builder.usb_layout import PartitionPlan, esp_extent, plan_layout
-from tests.fixtures.ollama_double import write_model
+from builder.proof.ollama_double import write_model
+from builder.usb import command as usb_command
+from builder.usb import write as usb
+from builder.usb.command import UsbRequest, run_usb
+from builder.usb.errors import UsbError
+from builder.usb.layout import PartitionPlan, esp_extent, plan_layout
 
 TiB = 1 << 40
 ESP = (2048, 4096)

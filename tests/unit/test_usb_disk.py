@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from test_usb_fakes import FakeHost, GiB, MiB, lsblk_sample, part
 
-from builder.usb_disk import Disk, check_disk, claim, inspect_disk
-from builder.usb_errors import UsbError
+from builder.usb.disk import Disk, check_disk, claim, inspect_disk
+from builder.usb.errors import UsbError
 
 ISO_SIZE = 330 * MiB
 

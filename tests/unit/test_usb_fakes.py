@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.usb_disk import System
+from builder.usb.disk import System
 
 GiB = 1 << 30
 MiB = 1 << 20

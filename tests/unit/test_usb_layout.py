@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from test_usb_fakes import GiB, MiB
 
-from builder.usb_errors import UsbError
-from builder.usb_layout import MBR_LIMIT, mbr_entry, plan_layout, plan_partition
+from builder.usb.errors import UsbError
+from builder.usb.layout import MBR_LIMIT, mbr_entry, plan_layout, plan_partition
 
 ISO_SIZE = 330 * MiB
 ESP = (2048, 4096)

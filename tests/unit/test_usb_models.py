@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import usb_models
-from builder.usb_errors import UsbError, UsbWriteError
-from builder.usb_models import copy_store, read_store
+from builder.usb import models as usb_models
+from builder.usb.errors import UsbError, UsbWriteError
+from builder.usb.models import copy_store, read_store
 
 MANIFEST = "manifests/registry.ollama.ai/library/tiny/latest"
 

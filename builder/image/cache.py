@@ -1,0 +1,141 @@
+"""The package layer: the chroot after bootstrap + package installation (DKMS builds included),
+cached by what determines it, as mkosi's Incremental= does.
+
+Key: live-build's version, every `lb config` argument that shapes the chroot (suite, mirrors,
+areas, apt options — not boot menu or ISO labels), and the rendered package lists and
+before-packages includes. A build whose key matches restores the layer and only runs the
+includes, hooks and binary stage; a changed package list or mirror gives a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import LiveBuildError
+
+# Options that only shape the binary stage: changing them must not rebuild the packages.
+_BINARY_ONLY = {"--bootappend-live", "--bootappend-live-failsafe", "--iso-volume", "--iso-application",
+                "--iso-publisher", "--hdd-label", "--image-name", "--chroot-squashfs-compression-type",
+                "--chroot-squashfs-compression-level",
+                "--bootloaders", "--binary-image", "--checksums", "--zsync", "--memtest"}
+# Inputs inside the rendered tree that the package phase reads.
+_INPUT_DIRS = ("config/package-lists", "config/includes.chroot_before_packages", "config/preseed",
+               "config/archives", "config/apt")
+_CONTENTS = ("chroot", ".build", "chroot.packages.install")
+# Bumped when what a layer holds changes, so layers of older builders are not restored.
+LAYER_FORMAT = 2  # 2: carries SINCE_FILE
+# When the bootstrap + package phases began (inside .build, so the layer carries it).
+SINCE_FILE = ".build/neuraldrive-packages-since"
+KEEP_LAYERS = 3
+
+
+@dataclass(frozen=True)
+class Layer:
+    key: str
+    path: Path
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+
+def layer_key(lb_args: list[str], build_dir: Path, lb_version: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"layer format {LAYER_FORMAT}\nlive-build {lb_version}\n".encode())
+    skip = False
+    for arg in lb_args:
+        if skip:
+            skip = False
+            continue
+        if arg in _BINARY_ONLY:
+            skip = True
+            continue
+        digest.update(arg.encode() + b"\0")
+    for name in _INPUT_DIRS:
+        base = build_dir / name
+        for path in sorted(base.rglob("*")) if base.is_dir() else []:
+            if path.is_file():
+                digest.update(str(path.relative_to(build_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def layer_for(cache_dir: Path, key: str) -> Layer:
+    return Layer(key=key, path=cache_dir / "package-layer" / f"{key}.tar.zst")
+
+
+def _tar(args: list[str], what: str) -> None:
+    result = subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", *args],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        detail = "; ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
+        raise LiveBuildError(f"{what} failed: {detail[-500:]}")
+
+
+def archive_tree(directory: Path, archive: Path, members: tuple[str, ...] = (".",),
+                 exclude: tuple[str, ...] = (), what: str = "archive") -> None:
+    """tar+zstd `members` of `directory` into `archive` atomically: a partial file never looks
+    like a cache entry. One file system only (never a chroot's /proc or bind mounts)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
+    try:
+        excludes = ["--anchored", *(f"--exclude={pattern}" for pattern in exclude)] if exclude else []
+        _tar(["--one-file-system", *excludes, "-I", "zstd -T0 -3",
+              "-C", str(directory), "-cf", str(tmp), *members], what)
+        os.replace(tmp, archive)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def extract_tree(archive: Path, directory: Path, what: str = "extract") -> None:
+    _tar(["-I", "zstd -T0", "-C", str(directory), "-xpf", str(archive)], what)
+
+
+def save_layer(layer: Layer, build_dir: Path) -> None:
+    archive_tree(build_dir, layer.path, members=_CONTENTS, what="package layer save")
+    prune_archives(layer.path.parent, "*.tar.zst", KEEP_LAYERS)
+
+
+def restore_layer(layer: Layer, build_dir: Path) -> None:
+    extract_tree(layer.path, build_dir, what="package layer restore")
+
+
+def prune_archives(directory: Path, pattern: str, keep: int) -> None:
+    """Keep only the `keep` newest archives matching `pattern`: caches do not grow without bound."""
+    archives = sorted(directory.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[keep:]:
+        old.unlink(missing_ok=True)
+
+
+def mark_package_start(build_dir: Path) -> None:
+    """Record when the chroot started being made (a second early: tar keeps whole-second mtimes)."""
+    since = build_dir / SINCE_FILE
+    since.parent.mkdir(parents=True, exist_ok=True)
+    since.write_text(f"{int(time.time()) - 1}\n")
+
+
+def normalize_mtimes(build_dir: Path, epoch: int) -> int:
+    """Give everything the bootstrap and package phases wrote (mtime at or after their start) the
+    build's SOURCE_DATE_EPOCH. Without this a restored layer carries the times of the build that
+    made it, older than a newer commit's epoch, so they escape the clamping that mkinitramfs and
+    mksquashfs apply, and the warm image differed from a cold one (initrd directory times).
+    Files that keep their .deb's times are untouched. Returns how many entries changed."""
+    since = int((build_dir / SINCE_FILE).read_text())
+    chroot = build_dir / "chroot"
+    device = chroot.lstat().st_dev
+    stamp = epoch * 1_000_000_000
+    changed = 0
+    for root, dirs, files in os.walk(chroot):
+        entries = [(name, os.lstat(os.path.join(root, name))) for name in (*dirs, *files)]
+        # One file system: never descend into a mount (each entry is stat'ed once).
+        dirs[:] = [name for name, status in entries[:len(dirs)] if status.st_dev == device]
+        for name, status in entries:
+            if status.st_dev == device and status.st_mtime >= since:
+                os.utime(os.path.join(root, name), ns=(stamp, stamp), follow_symlinks=False)
+                changed += 1
+    if chroot.lstat().st_mtime >= since:
+        os.utime(chroot, ns=(stamp, stamp))
+    return changed

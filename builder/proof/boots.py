@@ -1,0 +1,86 @@
+"""Boot measurement: one boot timed from QEMU start to the login prompt, SSH, a settled system and
+a ready gateway, with the guest's own account of where the time went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builder import facts
+from builder.console import info
+from builder.errors import VMError
+from builder.proof.probe import api_key_from_serial, gateway_ready
+from builder.vm.guest import SshAccess, close_master, ssh, ssh_answers, write_ssh_config
+from builder.vm.machine import VM, BootSpec
+
+BOOT_TIMEOUT = 600.0
+API_KEY_COMMAND = f"sudo cat {facts.API_KEY_FILE}"
+
+
+@dataclass
+class BootFigures:
+    mode: str
+    accel: str = ""
+    qemu: str = ""  # which QEMU ran it (version, host's or the tools root's): boot times depend on it
+    login_prompt_s: float | None = None
+    ssh_s: float | None = None
+    system_running_s: float | None = None
+    gateway_ready_s: float | None = None
+    failed_units: list[str] = field(default_factory=list)
+    # The guest's own account (systemd-analyze): where the boot went, for the bench to report.
+    analysis: str = ""
+
+
+def boot_and_wait(vm: VM, access: SshAccess, figures: BootFigures, want_gateway: bool) -> str:
+    """Wait for the login prompt, SSH, a settled system and (optionally) the gateway; returns the API key."""
+    figures.accel, figures.qemu = vm.accel, vm.qemu.description
+    figures.login_prompt_s = round(vm.wait_for_serial("login:", BOOT_TIMEOUT), 1)
+    figures.ssh_s = round(vm.wait_until("SSH", lambda: ssh_answers(access), BOOT_TIMEOUT), 1)
+    state = ssh(access, "systemctl is-system-running --wait", timeout=BOOT_TIMEOUT)
+    figures.system_running_s = round(vm.elapsed(), 1)
+    failed = ssh(access, "systemctl --failed --no-legend --plain | awk '{print $1}'")
+    figures.failed_units = failed.stdout.split()
+    if state.stdout.strip() != "running":
+        info(f"  system state: {state.stdout.strip()} (failed units: {' '.join(figures.failed_units) or 'none'})")
+    key = ssh(access, API_KEY_COMMAND).stdout.strip()
+    if want_gateway:
+        if not key:
+            raise VMError("the guest has no API key (neuraldrive-firstboot failed?)")
+        figures.gateway_ready_s = round(
+            vm.wait_until("gateway", lambda: gateway_ready(vm.forwards.gateway, key), BOOT_TIMEOUT), 1)
+    return key
+
+
+ANALYZE = ("systemd-analyze; systemd-analyze critical-chain --no-pager; systemd-analyze blame --no-pager | head -20; "
+           "sudo dmesg | grep -m1 'Not activating Mandatory Access Control'; sudo dmesg | grep -m1 'systemd\\[1\\]'")
+
+
+def measure_boot(spec: BootSpec, key: Path | None, workdir: Path) -> BootFigures:
+    """One boot, timed from QEMU start: login prompt, SSH (if the image has it), gateway ready."""
+    figures = BootFigures(mode=f"{spec.firmware}-{spec.media}")
+    vm = VM(spec, workdir)
+    access = write_ssh_config(workdir, key, vm.forwards.ssh) if key is not None else None
+    try:
+        vm.start()
+        figures.accel, figures.qemu = vm.accel, vm.qemu.description
+        figures.login_prompt_s = round(vm.wait_for_serial("login:", BOOT_TIMEOUT), 1)
+        if access is not None:
+            figures.ssh_s = round(vm.wait_until("SSH", lambda: ssh_answers(access), BOOT_TIMEOUT), 1)
+            api_key = ssh(access, API_KEY_COMMAND).stdout.strip()
+        else:
+            api_key = api_key_from_serial(vm, BOOT_TIMEOUT)
+        figures.gateway_ready_s = round(
+            vm.wait_until("gateway", lambda: gateway_ready(vm.forwards.gateway, api_key), BOOT_TIMEOUT, 1.0), 1)
+        if access is not None:
+            figures.analysis = ssh(access, ANALYZE, timeout=120).stdout
+    finally:
+        if access is not None:
+            close_master(access)
+        vm.stop()
+    return figures
+
+
+def poweroff(vm: VM, access: SshAccess) -> None:
+    ssh(access, "sudo systemctl poweroff", timeout=30)
+    close_master(access)
+    vm.stop(graceful_timeout=120)
