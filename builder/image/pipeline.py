@@ -14,24 +14,19 @@ from builder.artifacts.pinning import pin_missing
 from builder.console import complete_step, debug, format_seconds, info
 from builder.errors import OptionError, UnofficialArtifactError
 from builder.image.binarytools import tools_archive, tools_key
-from builder.image.cache import layer_for, layer_key, mark_package_start, normalize_mtimes, restore_layer, save_layer
-from builder.image.engine import install_engine
-from builder.image.lbconfig import lb_config_args
-from builder.image.livebuild import (
-    BOOTSTRAP,
-    CONFIG,
-    CUSTOMIZE,
-    PACKAGES,
-    LiveBuildRunner,
+from builder.image.builddir import (
     cache_key,
     check_host,
     find_iso,
     find_manifest,
-    image_phase,
     prepare_build_dir,
     release_mounts,
     remove_build_dir,
 )
+from builder.image.cache import layer_for, layer_key, mark_package_start, normalize_mtimes, restore_layer, save_layer
+from builder.image.engine import install_engine
+from builder.image.lbconfig import lb_config_args
+from builder.image.livebuild import BOOTSTRAP, CONFIG, CUSTOMIZE, PACKAGES, LiveBuildRunner, image_phase
 from builder.image.publish import Outputs, build_info, default_source_date_epoch, publish
 from builder.image.render import StagedArtifact, render_tree
 from builder.profile.schema import Profile

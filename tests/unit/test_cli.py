@@ -124,7 +124,7 @@ def test_iso_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_old_live_build_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("builder.image.livebuild.live_build_version", lambda: "1:20230502")
+    monkeypatch.setattr("builder.image.builddir.live_build_version", lambda: "1:20230502")
     result = run("iso", "--profile", "test", "--cache-dir", str(tmp_path))
     assert result.exit_code == 2
     assert "live-build 1:20230502 is too old" in result.output

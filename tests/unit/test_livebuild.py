@@ -14,8 +14,9 @@ import pytest
 
 from builder.errors import LiveBuildError
 from builder.image import binarytools, pipeline
+from builder.image.builddir import mounts_below, release_mounts
 from builder.image.lbconfig import lb_config_args
-from builder.image.livebuild import image_phase, mounts_below, release_mounts
+from builder.image.livebuild import image_phase
 from builder.image.pipeline import ArtifactOptions, build_iso
 from builder.image.publish import output_names
 from builder.profile import load_profile
