@@ -73,17 +73,21 @@ def test_engine_without_a_writable_home_fails_visibly(host: Any) -> None:
             host.check_output(f"systemctl stop {UNIT} && mv {HOME} {HOME}.saved && "
                               f"install -d -m 0755 -o root -g root {HOME}")
             host.run(f"systemctl start {UNIT}")
-            time.sleep(4)
+            # The engine exits before it listens (status 1); systemd then schedules a restart.
+            deadline = time.monotonic() + 90
+            while host.check_output(f"systemctl show -p ExecMainStatus --value {UNIT}").strip() == "0":
+                assert time.monotonic() < deadline, "the engine neither failed nor served"
+                assert host.run("curl -sf http://127.0.0.1:11434/api/version").rc != 0, "engine serves without its key"
+                time.sleep(1)
             status = host.check_output(f"systemctl show -p ExecMainStatus --value {UNIT}").strip()
             log = host.check_output(f"journalctl -u {UNIT} -n 20 --no-pager -o cat")
-        assert host.run("curl -sf http://127.0.0.1:11434/api/version").rc != 0, "engine serves without its key"
         assert status == "1", log
         assert ".ollama" in log and "permission denied" in log.lower(), log
     finally:
         with host.sudo():
             host.check_output(f"systemctl stop {UNIT}; rm -rf {HOME} && mv {HOME}.saved {HOME} && "
                               f"systemctl reset-failed {UNIT}; systemctl start {UNIT}")
-    wait_until_engine_answers(host)
+        wait_until_engine_answers(host, timeout=120)
 
 
 def test_engine_listens_on_loopback_only(host: Any) -> None:

@@ -164,8 +164,8 @@ class GpuState:
         """One line for people: what the engine runs on, and why not on a GPU if it does not."""
         if self.vendor == "none":
             if self.present:
-                return f"none usable (found {' '.join(self.present)}; no driver in this image); CPU"
-            return "none found; CPU"
+                return f"none usable (found {' '.join(self.present)}; no driver in this image); backend cpu"
+            return "none found; backend cpu"
         text = f"{self.vendor} x{self.count}, driver {self.driver}, backend {self.backend}"
         return text + (f" ({' '.join(self.devices)})" if self.devices else "")
 
