@@ -19,7 +19,7 @@ import requests
 from builder.artifacts.lock import Artifact
 from builder.console import ProgressLine, debug, download_status, format_bytes, info
 from builder.errors import ArtifactError
-from builder.files import sha256_file
+from builder.files import exclusive_lock, fsync_dir, sha256_file
 
 CHUNK = 1 << 20
 # Small network reads: whatever arrived before a connection drops is kept for the resume.
@@ -43,9 +43,24 @@ def cache_path(cache_dir: Path, sha256: str) -> Path:
 def fetch_artifact(artifact: Artifact, cache_dir: Path, policy: FetchPolicy = FetchPolicy()) -> Path:
     """Return the verified cached file for `artifact`, downloading or copying it if needed."""
     final = cache_path(cache_dir, artifact.sha256)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # One fetch per artifact at a time: a second build waits, then finds it cached.
+    with exclusive_lock(final.parent.parent / "locks" / f"{artifact.sha256}.lock",
+                        f"waiting for another build fetching {artifact.name}"):
+        return _fetch_locked(artifact, final, policy)
+
+
+def _fetch_locked(artifact: Artifact, final: Path, policy: FetchPolicy) -> Path:
     if final.is_file():
-        debug(f"cache hit {artifact.name} ({artifact.sha256[:12]})")
-        return final
+        # Re-verified on every use: a cache entry damaged since it was written (disk fault, a truncated
+        # copy, someone's edit) is evicted and fetched again, never trusted.
+        actual = sha256_file(final)
+        if actual == artifact.sha256:
+            debug(f"cache hit {artifact.name} ({artifact.sha256[:12]}, verified)")
+            return final
+        final.unlink()
+        info(f"  cached {artifact.name} is damaged (sha256 {actual[:12]}…, expected {artifact.sha256[:12]}…): "
+             "removed; fetching it again")
     partial_dir = final.parent / "partial"
     partial_dir.mkdir(parents=True, exist_ok=True)
     part = partial_dir / f"{artifact.sha256}.part"
@@ -76,7 +91,10 @@ def fetch_artifact(artifact: Artifact, cache_dir: Path, policy: FetchPolicy = Fe
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise ArtifactError(f"{artifact.name}: {exc}") from None
+    with part.open("rb+") as handle:
+        os.fsync(handle.fileno())
     os.replace(part, final)
+    fsync_dir(final.parent)
     return final
 
 

@@ -13,6 +13,7 @@ from builder.artifacts.lock import Artifact, resolve_artifacts
 from builder.artifacts.pinning import pin_missing
 from builder.console import complete_step, debug, format_seconds, info
 from builder.errors import OptionError, UnofficialArtifactError
+from builder.files import exclusive_lock
 from builder.image.binarytools import tools_archive, tools_key
 from builder.image.builddir import (
     cache_key,
@@ -113,6 +114,13 @@ def build_iso(
     source_root: Path | None = None,
 ) -> Outputs:
     lb_version = check_host(require_root=True)
+    # Builds share the cache's work dirs, package layers and tools chroot: one at a time per cache.
+    with exclusive_lock(cache_dir / "build.lock", f"waiting for another build using the cache {cache_dir}"):
+        return _build_iso_locked(profile, out_dir, cache_dir, options, use_cache, source_root, lb_version)
+
+
+def _build_iso_locked(profile: Profile, out_dir: Path, cache_dir: Path, options: ArtifactOptions,
+                      use_cache: bool, source_root: Path | None, lb_version: str) -> Outputs:
     artifacts = artifacts_for(profile, options)
     staged = fetch_all(artifacts, cache_dir, options.offline)
     epoch = default_source_date_epoch()

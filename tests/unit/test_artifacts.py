@@ -203,3 +203,46 @@ def test_local_file_source_is_verified_and_cached(tmp_path: Path) -> None:
 def test_missing_local_file(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="does not exist"):
         fetch_artifact(artifact(str(tmp_path / "nope.tar.zst")), tmp_path, FAST)
+
+
+@pytest.mark.parametrize("damage", [b"", BODY[:-1], b"y" + BODY[1:]], ids=["empty", "truncated", "flipped"])
+def test_a_damaged_cache_entry_is_evicted_and_fetched_again(server: tuple[str, Behaviour], tmp_path: Path,
+                                                            damage: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    url, behaviour = server
+    cached = cache_path(tmp_path, SHA)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(damage)  # empty, truncated, one byte flipped
+    path = fetch_artifact(artifact(f"{url}/a.tar.zst"), tmp_path, FAST)
+    assert path.read_bytes() == BODY and len(behaviour.requests) == 1
+    assert "is damaged" in capsys.readouterr().err
+
+
+def test_a_damaged_cache_entry_offline_is_refused_clearly(tmp_path: Path) -> None:
+    cached = cache_path(tmp_path, SHA)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    with pytest.raises(ArtifactError, match="--offline"):
+        fetch_artifact(artifact("http://127.0.0.1:9/a.tar.zst"), tmp_path, FetchPolicy(offline=True))
+    assert not cached.exists()  # evicted, not trusted next time either
+
+
+def test_a_second_build_on_one_cache_waits_for_the_first(tmp_path: Path) -> None:
+    """Two processes take the cache's build lock: the second says so and waits; neither fails."""
+    script = ("import sys, time; sys.path.insert(0, sys.argv[3]); from pathlib import Path; "
+              "from builder.files import exclusive_lock\n"
+              "with exclusive_lock(Path(sys.argv[1]), 'waiting for another build'):\n"
+              "    print('got', sys.argv[2], time.monotonic(), flush=True); time.sleep(float(sys.argv[2]))\n")
+    lock = tmp_path / "build.lock"
+    root = str(Path(__file__).resolve().parents[2])
+    import subprocess
+    import sys
+
+    first = subprocess.Popen([sys.executable, "-c", script, str(lock), "1.5", root], stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    started = first.stdout.readline().split()
+    second = subprocess.run([sys.executable, "-c", script, str(lock), "0", root], capture_output=True, text=True,
+                            timeout=30, check=True)
+    first.wait(timeout=30)
+    lines = second.stdout.splitlines()
+    assert lines[0].startswith("waiting for another build (held by pid ")
+    assert float(lines[1].split()[2]) >= float(started[2]) + 1.4  # only after the first let go
