@@ -23,7 +23,7 @@ from builder.profile import load_profile
 from tests.fixtures.gpu import CHROOT, clean_env, lib, program
 from tests.unit.test_inimage_units import render
 
-auth = lib("auth")
+auth = lib("gateway_auth")
 API, ADMIN = "nd-" + "a" * 43, "nd-" + "b" * 43
 CADDY = "/usr/local/lib/neuraldrive-tools/caddy" if os.access(
     "/usr/local/lib/neuraldrive-tools/caddy", os.X_OK) else shutil.which("caddy")

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import OllamaDouble
 from tests.fixtures.gpu import clean_env, lib, program
 
-idle = lib("idle")
+idle = lib("gpu_idle")
 ollama = lib("ollama")
 
 FOREVER = "2318-02-19T12:00:00.000000000Z"  # what Ollama reports for keep_alive -1

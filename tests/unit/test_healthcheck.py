@@ -15,7 +15,7 @@ from tests.fixtures.gpu import FakeRunner, clean_env, lib, program
 
 common = lib("common")
 gpu = lib("gpu")
-health = lib("health")
+health = lib("healthcheck")
 
 Usage = namedtuple("Usage", "total used free")
 NVIDIA = gpu.GpuState(present=("nvidia",), vendor="nvidia", count=2, driver="loaded", backend="cuda")

@@ -15,7 +15,7 @@ from tests.conftest import OllamaDouble
 from tests.fixtures.gpu import FakeRunner, clean_env, lib, program
 
 gpu = lib("gpu")
-issue = lib("issue")
+issue = lib("issue_refresh")
 
 IP_JSON = json.dumps([{"ifname": "enp1s0", "addr_info": [
     {"family": "inet", "local": "10.0.2.15", "scope": "global"}]}])

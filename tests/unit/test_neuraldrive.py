@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import OllamaDouble
 from tests.fixtures.gpu import FakeRunner, clean_env, lib, program
 
-admin = lib("admin")
+admin = lib("neuraldrive")
 common = lib("common")
 gpu = lib("gpu")
 ollama = lib("ollama")

@@ -17,7 +17,7 @@ GPU_ENV: Final = "/run/neuraldrive/gpu.env"
 OLLAMA_PORT: Final = 11434
 
 # Read in this order, later files win: the image's defaults, then the user's persistent
-# overrides. The units load the same list with EnvironmentFile=.
+# overrides. The units load the same list with EnvironmentFile= (builder/facts.py CONF_FILES).
 CONF_FILES: Final = (
     "/etc/neuraldrive/ollama.conf",
     "/var/lib/neuraldrive/config/ollama.conf",

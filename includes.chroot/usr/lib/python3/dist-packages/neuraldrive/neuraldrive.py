@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import health
+from . import healthcheck
 from .appliance import api_urls, read_api_key
 from .common import (
     ConfigError,
@@ -188,7 +188,7 @@ def cmd_unload(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_health(ctx: Context, _args: argparse.Namespace) -> int:
     # Report only: restarting the engine is the health timer's job.
-    return health.run_checks(ctx.settings, ctx.gpu_env, ctx.state_dir, ctx.run)
+    return healthcheck.run_checks(ctx.settings, ctx.gpu_env, ctx.state_dir, ctx.run)
 
 
 def _key_file(ctx: Context, args: argparse.Namespace) -> Path:
