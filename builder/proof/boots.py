@@ -3,6 +3,7 @@ a ready gateway, with the guest's own account of where the time went."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def boot_and_wait(vm: VM, access: SshAccess, figures: BootFigures, want_gateway:
     figures.failed_units = failed.stdout.split()
     if state.stdout.strip() != "running":
         info(f"  system state: {state.stdout.strip()} (failed units: {' '.join(figures.failed_units) or 'none'})")
+        for unit in figures.failed_units:
+            # What a reader of the CI log needs to see why, without booting the image again.
+            journal = ssh(access, f"sudo journalctl -b -u {shlex.quote(unit)} -n 15 --no-pager -o short-monotonic")
+            for line in journal.stdout.splitlines():
+                info(f"    {line}")
     key = ssh(access, API_KEY_COMMAND).stdout.strip()
     if want_gateway:
         if not key:
