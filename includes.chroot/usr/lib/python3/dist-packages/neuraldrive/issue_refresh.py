@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
     except OSError:
         key = "not created yet (first boot still running?)"
     gpu = read_gpu_state(args.gpu_env)
-    text = render_issue(by_address, by_name, key, engine_line(Client(settings.text("OLLAMA_HOST"))),
+    text = render_issue(by_address, by_name, key,
+                        engine_line(Client(settings.text("OLLAMA_HOST"), timeout=ENGINE_TIMEOUT_S)),
                         gpu.summary() if gpu else "not detected yet")
     if str(args.output) == "-":
         print(text, end="")
