@@ -130,6 +130,8 @@ def _render_dir(
         relative = source.relative_to(root)
         if not _selected(relative, profile) or (source.is_dir() and not source.is_symlink()):
             continue
+        if "__pycache__" in relative.parts or source.suffix == ".pyc":
+            continue  # a host's bytecode (from running the in-image code's tests) never reaches the image
         target = target_dir / source.relative_to(source_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_symlink():
