@@ -5,7 +5,10 @@
 #       neuraldrive-builder iso --profile nvidia
 #   docker run --privileged --rm -v "$PWD/out:/src/out" neuraldrive-builder test --iso out/ci/...iso
 # The image is set up by the same script as a bare host (scripts/setup-host), so the two cannot drift.
-FROM debian:trixie
+# BASE names the Debian trixie image to start from; where no registry is reachable, scripts/docker-proof
+# makes one with debootstrap and imports it (--build-arg BASE=localhost/neuraldrive-base:trixie).
+ARG BASE=debian:trixie
+FROM ${BASE}
 
 ENV DEBIAN_FRONTEND=noninteractive
 WORKDIR /src

@@ -289,6 +289,48 @@ def usb(iso_path: Path, device: str | None, image_path: Path | None, size: str, 
     click.echo(report.summary())
 
 
+@cli.command()
+@click.option("--profiles", default="default,cpu,nvidia,amd,intel", show_default=True,
+              help="Profiles of the release, comma-separated.")
+@options(out_option("out/release"), CACHE, OFFLINE, VERBOSE)
+@artifact_options
+@click.option("--sign-key-env", default="NEURALDRIVE_SIGNING_KEY", show_default=True, metavar="VAR",
+              help="Environment variable holding the armored OpenPGP secret key that signs SHA256SUMS "
+                   "(VAR_PASSPHRASE unlocks it, if set).")
+@click.option("--no-sign", is_flag=True, help="Write SHA256SUMS without a signature.")
+@click.option("--skip-build", is_flag=True, help="Take the profiles' ISOs already in --out (built by `iso`).")
+@click.option("--boot-check/--no-boot-check", default=True, show_default=True,
+              help="Boot each new ISO in QEMU to its login prompt.")
+@ACCEL
+@click.option("--test-double", is_flag=True,
+              help="Build with the Ollama-API test double instead of the pinned engine (images marked unofficial).")
+@handle_errors
+def release(profiles: str, out_dir: Path, cache_dir: Path, artifacts: ArtifactOptions, sign_key_env: str,
+            no_sign: bool, skip_build: bool, boot_check: bool, accel: str, test_double: bool) -> None:
+    """Build, boot-check and publish a release: per profile the ISO, .sha256, .packages, build-info.json
+    and a CycloneDX SBOM, then SHA256SUMS over them all and its detached signature (SHA256SUMS.asc)."""
+    from builder.release.release import ReleaseRequest, parse_profiles, run_release
+
+    request = ReleaseRequest(profiles=parse_profiles(profiles), out_dir=out_dir, cache_dir=cache_dir,
+                             artifacts=artifacts, build=not skip_build, boot_check=boot_check, accel=accel,
+                             sign_key_env=None if no_sign else sign_key_env, test_double=test_double)
+    click.echo(run_release(request).summary())
+
+
+@cli.command()
+@click.argument("iso_path", metavar="ISO", type=PATH)
+@click.option("--sums", type=PATH, help="The release's SHA256SUMS [default: beside the ISO].")
+@click.option("--signature", type=PATH, help="Its detached signature [default: SUMS.asc].")
+@click.option("--keyring", type=PATH, envvar="NEURALDRIVE_RELEASE_KEYRING",
+              help="The release's OpenPGP public key(s), armored or binary (env NEURALDRIVE_RELEASE_KEYRING).")
+@handle_errors
+def verify(iso_path: Path, sums: Path | None, signature: Path | None, keyring: Path | None) -> None:
+    """Check a downloaded ISO: SHA256SUMS's signature against --keyring, then the ISO against SHA256SUMS."""
+    from builder.release.verify import verify_iso
+
+    click.echo(verify_iso(iso_path, sums, keyring, signature).summary())
+
+
 def _terminate(signum: int, frame: object) -> None:
     # SIGTERM (CI timeouts, `kill`) unwinds like Ctrl-C: every VM and temp dir is cleaned up.
     raise KeyboardInterrupt
