@@ -61,7 +61,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> bool:
 
 
 @pytest.fixture
-def ollama_double(tmp_path: Path) -> Iterator[OllamaDouble]:
+def ollama_double(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[OllamaDouble]:
     models_dir = tmp_path / "models"
     models_dir.mkdir()
     log = tmp_path / "ollama-double.log"
@@ -71,6 +71,8 @@ def ollama_double(tmp_path: Path) -> Iterator[OllamaDouble]:
         # serve writes $HOME/.ollama/id_ed25519 at start-up, as `ollama serve` does
         env.update(OLLAMA_HOST=double.host, OLLAMA_MODELS=str(models_dir),
                    OLLAMA_TESTDOUBLE_UNLOAD_DELAY="0.5", HOME=str(tmp_path / "home"))
+        marker = request.node.get_closest_marker("double_env")
+        env.update(marker.kwargs if marker else {})
         with open(log, "wb") as log_file:
             proc = subprocess.Popen([sys.executable, str(SCRIPT), "serve"], env=env,
                                     stdout=log_file, stderr=subprocess.STDOUT)

@@ -106,6 +106,8 @@ def check_profile(p: Profile, path: Path) -> None:
         need(_PKG, pkg, "packages", "is not a Debian package name")
     for model in p.preload.models:
         need(_MODEL, model, "preload.models", "is not an Ollama model name (name[:tag])")
+    for model in p.idle.pinned:
+        need(_MODEL, model, "idle.pinned", "is not an Ollama model name (name[:tag])")
     _check_files(p, bad)
 
 

@@ -99,6 +99,8 @@ class IdleManager:
     enabled: bool = True
     idle_timeout: int = 300
     monitoring_interval: int = 30
+    # Models kept loaded (keep_alive -1) and loaded again after an engine restart (name[:tag]).
+    pinned: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -23,23 +23,60 @@ def load(gateway: Gateway, key: str, model: str) -> None:
     assert model in loaded(gateway, key)
 
 
-def test_idle_manager_unloads_a_pinned_model(host: Any, gateway: Gateway, api_key: str, model: str) -> None:
+def idle_settings(host: Any, lines: str) -> None:
     with host.sudo():
-        host.check_output(f"printf 'NEURALDRIVE_IDLE_TIMEOUT=15\\nNEURALDRIVE_IDLE_INTERVAL=3\\n' > {IDLE_OVERRIDE}")
+        host.check_output(f"printf '{lines}' > {IDLE_OVERRIDE}")
         host.check_output("systemctl restart neuraldrive-gpu-idle.service")
+
+
+def reset_idle_settings(host: Any, gateway: Gateway, key: str, model: str) -> None:
+    with host.sudo():
+        host.run(f"rm -f {IDLE_OVERRIDE}")
+        host.run("systemctl restart neuraldrive-gpu-idle.service")
+    gateway.request("POST", "/api/generate", key=key, body={"model": model, "keep_alive": 0})
+
+
+def test_idle_manager_keeps_a_keep_alive_forever_model(host: Any, gateway: Gateway, api_key: str,
+                                                       model: str) -> None:
+    """keep_alive -1 means loaded for good: several idle timeouts pass, and a request that omits
+    keep_alive (which keeps the -1, seed 002) changes nothing."""
+    idle_settings(host, "NEURALDRIVE_IDLE_TIMEOUT=6\\nNEURALDRIVE_IDLE_INTERVAL=2\\n")
     try:
         load(gateway, api_key, model)
-        deadline = time.monotonic() + 90
-        while model in loaded(gateway, api_key):
-            assert time.monotonic() < deadline, "idle manager did not unload the keep_alive -1 model"
-            time.sleep(3)
+        time.sleep(15)
+        assert model in loaded(gateway, api_key), "idle manager unloaded a keep_alive -1 model"
+        response = gateway.request("POST", "/api/generate", key=api_key,
+                                   body={"model": model, "prompt": "hi", "stream": False})
+        assert response.status == 200, response.body
+        time.sleep(15)
+        assert model in loaded(gateway, api_key), "a request without keep_alive ended keep_alive -1"
+    finally:
+        reset_idle_settings(host, gateway, api_key, model)
+
+
+def test_pinned_model_is_loaded_and_back_after_an_engine_restart(host: Any, gateway: Gateway,
+                                                                api_key: str, model: str) -> None:
+    idle_settings(host, f"NEURALDRIVE_IDLE_TIMEOUT=6\\nNEURALDRIVE_IDLE_INTERVAL=2\\n"
+                        f"NEURALDRIVE_IDLE_PINNED={model}\\n")
+    try:
+        deadline = time.monotonic() + 60
+        while model not in loaded(gateway, api_key):
+            assert time.monotonic() < deadline, "idle manager did not load the pinned model"
+            time.sleep(2)
+        with host.sudo():
+            host.check_output("systemctl restart neuraldrive-ollama.service")
+        wait_until_engine_answers(host, timeout=60)
+        deadline = time.monotonic() + 60
+        while model not in loaded(gateway, api_key):
+            assert time.monotonic() < deadline, "pinned model not loaded again after an engine restart"
+            time.sleep(2)
+        time.sleep(10)  # more than an idle timeout: still there
+        assert model in loaded(gateway, api_key)
         with host.sudo():
             log = host.check_output("journalctl -u neuraldrive-gpu-idle.service --no-pager -o cat --since -5min")
-        assert model.split(":", maxsplit=1)[0] in log
+        assert log.count(f"loaded pinned model {model}") >= 2, log
     finally:
-        with host.sudo():
-            host.run(f"rm -f {IDLE_OVERRIDE}")
-            host.run("systemctl restart neuraldrive-gpu-idle.service")
+        reset_idle_settings(host, gateway, api_key, model)
 
 
 def test_admin_cli_unload_all(host: Any, gateway: Gateway, api_key: str, model: str) -> None:

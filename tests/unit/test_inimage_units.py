@@ -109,6 +109,7 @@ def test_conf_from_the_default_profile() -> None:
     assert conf(load_profile("default")) == {
         "NEURALDRIVE_IDLE_TIMEOUT": "300",
         "NEURALDRIVE_IDLE_INTERVAL": "30",
+        "NEURALDRIVE_IDLE_PINNED": "",
         "NEURALDRIVE_HEALTH_API_TIMEOUT": "10",
         "NEURALDRIVE_HEALTH_VRAM_WARN_PERCENT": "98",
         "NEURALDRIVE_HEALTH_DISK_WARN_PERCENT": "90",

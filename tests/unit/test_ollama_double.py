@@ -323,3 +323,36 @@ def test_archive_is_reproducible_and_official_layout(tmp_path: Path) -> None:
     assert stat.S_IMODE(binary.stat().st_mode) & 0o111
     out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=True)
     assert "TEST DOUBLE" in out.stdout
+
+
+# ---- keep_alive kept by a request that omits it (seed 002), CPU fallback ---------------
+
+def test_omitted_keep_alive_keeps_the_loaded_value(ollama_double: Any) -> None:
+    """server/sched.go: only a request that sets keep_alive changes a loaded runner's duration."""
+    ollama_double.add_model("tiny")
+    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": -1})
+    status, _ = call("POST", ollama_double.url + "/api/generate",
+                     {"model": "tiny", "prompt": "hi", "stream": False})
+    assert status == 200
+    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
+    assert datetime.fromisoformat(loaded["expires_at"]).year > datetime.now(UTC).year + 200
+    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": "5m"})
+    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False})
+    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
+    remaining = datetime.fromisoformat(loaded["expires_at"]) - datetime.now(UTC)
+    assert 240 < remaining.total_seconds() <= 300
+
+
+def test_size_vram_is_size_unless_told_to_fall_back(ollama_double: Any) -> None:
+    ollama_double.add_model("tiny", size=5000)
+    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": -1})
+    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
+    assert loaded["size_vram"] == loaded["size"] > 0
+
+
+@pytest.mark.double_env(OLLAMA_TESTDOUBLE_CPU_FALLBACK="1")
+def test_cpu_fallback_reports_no_vram(ollama_double: Any) -> None:
+    ollama_double.add_model("tiny", size=5000)
+    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": -1})
+    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
+    assert loaded["size_vram"] == 0 and loaded["size"] > 0

@@ -98,6 +98,7 @@ def test_path_profile_with_extends_by_name(tmp_path: Path) -> None:
         ("image:\n  volume: ''\n", "image.volume"),
         ("ssh:\n  enabled: true\n  authorized_keys: nope.pub\n", "ssh.authorized_keys: 'nope.pub': no such file"),
         ("packages: ['bad package']\n", "packages: 'bad package'"),
+        ("idle:\n  pinned: ['llama3.2', 'x y']\n", "idle.pinned: 'x y' is not an Ollama model name"),
         ("preload:\n  store: .\n  models: ['Bad Model']\n", "preload.models: 'Bad Model'"),
         ("preload:\n  store: nowhere\n  models: [tiny]\n", "preload.store: 'nowhere': not an Ollama models dir"),
         ("preload:\n  models: [tiny]\n", "preload.store: None"),

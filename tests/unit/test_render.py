@@ -153,6 +153,7 @@ def test_profile_overrides_reach_engine_config(tmp_path: Path, double_archive: P
         "extends: nvidia\nollama:\n  keep_alive: 30m\n  flash_attention: true\n  kv_cache_type: q8_0\n"
         "  numa_node: 1\n  cuda_visible_devices: '0'\n"
         "  instances:\n    - name: big\n      port: 11435\n      gpus: '1'\n"
+        "idle:\n  pinned: [llama3.2, 'qwen3:8b']\n"
     )
     profile = load_profile(str(custom))
     tree = render_tree(profile, tmp_path / "tree", staged_for(profile, double_archive))
@@ -166,6 +167,8 @@ def test_profile_overrides_reach_engine_config(tmp_path: Path, double_archive: P
     instances = (tree / "config/hooks/live/05-instances.hook.chroot").read_text()
     assert "OLLAMA_HOST=127.0.0.1:11435" in instances and "CUDA_VISIBLE_DEVICES=1" in instances
     assert "neuraldrive-ollama@big.service" in (tree / "config/hooks/live/04-enable-units.hook.chroot").read_text()
+    settings = (tree / INCLUDES / "etc/neuraldrive/neuraldrive.conf").read_text().splitlines()
+    assert "NEURALDRIVE_IDLE_PINNED='llama3.2 qwen3:8b'" in settings
 
 
 @pytest.mark.parametrize("name", PROFILES)
