@@ -47,6 +47,15 @@ SSH_HOST_KEY_DIR: Final = "/var/lib/neuraldrive/ssh"
 RUN_DIR: Final = "/run/neuraldrive"
 GPU_ENV: Final = "/run/neuraldrive/gpu.env"
 LOG_DIR: Final = "/var/log/neuraldrive"
+# The journal: with persistence, live-boot binds this dir of the persistence partition over it
+# (persistence.conf); without, the image has no such dir and journald keeps the journal in RAM.
+JOURNAL_DIR: Final = "/var/log/journal"
+# Public keys for the admin's SSH login written onto a stick (`build.py usb --authorized-keys`):
+# sshd reads <dir>/<user> (root-owned, world-readable: sshd reads it as the user); with such a file
+# a release image starts sshd, whose host keys firstboot makes on the persistence partition.
+AUTHORIZED_KEYS_DIR: Final = "/var/lib/neuraldrive/authorized_keys"
+# persistence.conf of every stick and test disk: what live-boot keeps on the persistence partition.
+PERSISTENCE_CONF: Final = f"{STATE_DIR} bind\n{JOURNAL_DIR} bind\n"
 
 # live-build bind-mounts the config dir read-only at /live-build/config while chroot hooks run:
 # the verified archives are staged there and never become part of the image.

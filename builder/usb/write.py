@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.console import ProgressLine, download_status, format_bytes, info
-from builder.facts import OLLAMA_UID, STATE_DIR
+from builder.facts import OLLAMA_UID
+from builder.usb.content import lay_out, own_models_dir
 from builder.usb.errors import UsbError, UsbWriteError
 from builder.usb.layout import GPT_BACKUP_SECTORS, MBR_ENTRIES, SECTOR, Layout, PartitionPlan, esp_extent, plan_layout
 from builder.usb.models import ModelStore, copy_store
@@ -28,7 +29,6 @@ from builder.usb.models import ModelStore, copy_store
 CHUNK = 4 << 20
 # Room that in-place LUKS2 encryption takes from the end of the filesystem for its header.
 LUKS_RESERVE = 32 << 20
-PERSISTENCE_CONF = f"{STATE_DIR} bind\n"
 
 
 @dataclass
@@ -141,8 +141,9 @@ def luks_passphrase_opens(device: str, passphrase: bytes) -> bool:
     return result.returncode == 0
 
 
-def populate(device: str, models: ModelStore | None, size: int) -> None:
-    """ext4 labelled `persistence` (`size` bytes) holding persistence.conf and the appliance's state tree."""
+def populate(device: str, models: ModelStore | None, size: int, authorized_keys: list[str] | None = None) -> None:
+    """ext4 labelled `persistence` (`size` bytes) holding persistence.conf, the appliance's state tree,
+    the journal's dir and the admin's SSH keys (builder/usb/content.py)."""
     result = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "persistence", device, str(size // 1024)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -150,24 +151,18 @@ def populate(device: str, models: ModelStore | None, size: int) -> None:
     with tempfile.TemporaryDirectory(prefix="neuraldrive-usb-") as mnt:
         subprocess.run(["mount", device, mnt], check=True)
         try:
-            root = Path(mnt)
-            (root / "persistence.conf").write_text(PERSISTENCE_CONF)
-            state = root / STATE_DIR.lstrip("/")
-            state.mkdir(parents=True)
-            os.chmod(state, 0o755)
-            model_dir = state / "models"
-            model_dir.mkdir()
+            model_dir = lay_out(Path(mnt), authorized_keys)
             if models is not None:
                 copy_store(models, model_dir, OLLAMA_UID)
-            os.chown(model_dir, OLLAMA_UID, OLLAMA_UID)
-            os.chmod(model_dir, 0o750)
+            own_models_dir(model_dir)
         finally:
             subprocess.run(["sync"], check=False)
             subprocess.run(["umount", mnt], check=True)
 
 
 def write_stick(iso: Path, fd: int, target: Path, layout: Layout, passphrase: bytes | None,
-                models: ModelStore | None, kdf: tuple[str, ...] = ()) -> WriteReport:
+                models: ModelStore | None, kdf: tuple[str, ...] = (),
+                authorized_keys: list[str] | None = None) -> WriteReport:
     """Write, verify, partition, format, populate through `fd` (the claimed target). Every step raises on failure."""
     size = os.lseek(fd, 0, os.SEEK_END)
     if size != layout.target_size:
@@ -188,9 +183,9 @@ def write_stick(iso: Path, fd: int, target: Path, layout: Layout, passphrase: by
     write_partition_table(fd, layout)
     with loop_device(target, plan) as device:
         if passphrase is None:
-            populate(device, models, plan.size)
+            populate(device, models, plan.size, authorized_keys)
         else:
-            populate(device, models, plan.size - LUKS_RESERVE)
+            populate(device, models, plan.size - LUKS_RESERVE, authorized_keys)
             info("‣ Encrypting the persistence partition (LUKS2)…")
             luks_encrypt_in_place(device, passphrase, kdf)
             if not luks_passphrase_opens(device, passphrase):

@@ -8,8 +8,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from builder import facts
 from builder.errors import VMError
+from builder.usb.content import lay_out, own_models_dir
 
 
 def extract_from_iso(iso: Path, member: str, dest: Path) -> Path:
@@ -49,10 +49,11 @@ def grub_entry_append(iso: Path, entry_id: str) -> str:
         return menu_entry_append(cfg.read_text(), entry_id)
 
 
-def make_persistence_disk(path: Path, size: str = "2G", conf: str = f"{facts.STATE_DIR} bind\n") -> Path:
-    """An ext4 disk labelled `persistence` holding persistence.conf, built without mounting."""
+def make_persistence_disk(path: Path, size: str = "2G") -> Path:
+    """An ext4 disk labelled `persistence` holding what a stick's has (persistence.conf, the state and
+    journal dirs), built without mounting."""
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "persistence.conf").write_text(conf)
+        own_models_dir(lay_out(Path(tmp)))
         raw = path.with_suffix(".raw")
         subprocess.run(["truncate", "-s", size, str(raw)], check=True)
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "persistence", "-d", tmp, str(raw)], check=True)

@@ -301,7 +301,8 @@ def check_filesystem(device: str, tmp_path: Path) -> None:
     mnt.mkdir()
     subprocess.run(["mount", "-o", "ro", device, str(mnt)], check=True)
     try:
-        assert (mnt / "persistence.conf").read_text() == "/var/lib/neuraldrive bind\n"
+        assert (mnt / "persistence.conf").read_text() == "/var/lib/neuraldrive bind\n/var/log/journal bind\n"
+        assert (mnt / "var/log/journal").stat().st_mode & 0o7777 == 0o2755
         models = mnt / "var/lib/neuraldrive/models"
         assert models.stat().st_uid == 901
         assert list((models / "manifests").rglob("latest"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import healthcheck
+from . import healthcheck, logs
 from .appliance import api_urls, read_api_key
 from .common import (
     ConfigError,
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         action.add_argument("--admin", action="store_true",
                             help="the admin key (create, copy, delete, push) instead of the API key")
         action.set_defaults(handler=handler)
+    logs.add_parser(sub, lambda _ctx, args: logs.show(args))
     return parser
 
 
