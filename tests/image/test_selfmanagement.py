@@ -155,3 +155,56 @@ def test_a_full_persistence_partition_is_reported_not_fatal(host: Any, gateway: 
             host.run(f"rm -f {filler} {filler}.tail; sync")
         after = host.check_output("cd /var/lib/neuraldrive/models && find . -type f | sort | xargs sha256sum")
     assert after == before
+
+
+ENGINE_OVERRIDE = "/var/lib/neuraldrive/config/ollama.conf"
+GPU_ENV = "/run/neuraldrive/gpu.env"
+GPU_MARK = "/run/neuraldrive/health-gpu-restart"
+FAKE_AMD = ('NEURALDRIVE_GPU_PRESENT="amd"\\nNEURALDRIVE_GPU_VENDOR="amd"\\nNEURALDRIVE_GPU_COUNT="1"\\n'
+            'NEURALDRIVE_GPU_DEVICES=""\\nNEURALDRIVE_GPU_DRIVER="loaded"\\nNEURALDRIVE_GPU_BACKEND="vulkan"\\n'
+            'OLLAMA_VULKAN="0"\\n')
+
+
+def engine_invocation(host: Any) -> str:
+    return str(host.check_output("systemctl show -P InvocationID neuraldrive-ollama.service"))
+
+
+def test_cpu_fallback_restarts_the_engine_once_then_is_reported(host: Any, gateway: Gateway, api_key: str,
+                                                                 model: str) -> None:
+    """Seed 004: gpu.env says a GPU is driven, but the engine runs a model with size_vram 0 (the
+    double's OLLAMA_TESTDOUBLE_CPU_FALLBACK=1): one engine restart, then only a report."""
+    with host.sudo():
+        host.check_output(f"cp {GPU_ENV} /run/gpu.env.saved && printf '{FAKE_AMD}' > {GPU_ENV}")
+        host.check_output(f"if [ -e {ENGINE_OVERRIDE} ]; then cp -p {ENGINE_OVERRIDE} /run/ollama.conf.saved; fi; "
+                          f"echo OLLAMA_TESTDOUBLE_CPU_FALLBACK=1 >> {ENGINE_OVERRIDE}; rm -f {GPU_MARK}")
+        host.check_output("systemctl restart neuraldrive-ollama.service")
+    try:
+        wait_until_engine_answers(host, timeout=60)
+        load(gateway, api_key, model)
+        with host.sudo():
+            before = engine_invocation(host)
+            host.run("systemctl start neuraldrive-healthcheck.service")  # exits 4: OnFailure= recovers
+            deadline = time.monotonic() + 60
+            while engine_invocation(host) == before or not host.file(GPU_MARK).exists:
+                assert time.monotonic() < deadline, "the GPU fault did not restart the engine"
+                time.sleep(2)
+        wait_until_engine_answers(host, timeout=60)
+        load(gateway, api_key, model)
+        with host.sudo():
+            restarted = engine_invocation(host)
+            host.run("systemctl reset-failed neuraldrive-healthcheck.service neuraldrive-healthcheck-recover.service")
+            again = host.run("systemctl start neuraldrive-healthcheck.service")
+            assert again.rc != 0  # exit 5: reported
+            time.sleep(10)
+            assert engine_invocation(host) == restarted, "a second GPU fault restarted the engine again"
+            log = host.check_output("journalctl -u neuraldrive-healthcheck.service -u "
+                                    "neuraldrive-healthcheck-recover.service --no-pager -o cat --since -5min")
+        assert "fell back to the CPU" in log and "already restarted once this boot" in log
+        assert "left alone" in log
+    finally:
+        with host.sudo():
+            host.run(f"cp /run/gpu.env.saved {GPU_ENV}; rm -f {GPU_MARK} {ENGINE_OVERRIDE}; "
+                     f"if [ -e /run/ollama.conf.saved ]; then mv /run/ollama.conf.saved {ENGINE_OVERRIDE}; fi")
+            host.run("systemctl restart neuraldrive-ollama.service")
+            host.run("systemctl reset-failed neuraldrive-healthcheck.service neuraldrive-healthcheck-recover.service")
+        wait_until_engine_answers(host, timeout=60)

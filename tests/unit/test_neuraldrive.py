@@ -161,6 +161,7 @@ def test_unknown_model_is_the_engines_message(tmp_path: Path, ollama_double: Oll
 
 
 def test_health_reports_without_restarting(tmp_path: Path, ollama_double: OllamaDouble) -> None:
+    ollama_double.add_model("tiny")  # an empty store is a warning (exit 3)
     ctx, _, run = context(tmp_path, ollama_double.host)
     assert admin.main(["health"], ctx) == 0
     ctx, _, run = context(tmp_path, dead_host())

@@ -1,10 +1,16 @@
-"""healthcheck: is the engine answering, is the GPU's memory full, is the disk full?
+"""healthcheck: is the engine answering, on the GPU it was given, with models; VRAM and disk use?
 
 Run by a timer as an unprivileged user. An engine that does not answer gets restarted (it can
 be running yet hung, e.g. after a GPU fault): the check exits 1, and its unit's OnFailure=
 runs `healthcheck --restart-engine` as root in a unit that can do nothing else. Full VRAM or
-disk is reported but left alone.
-Exit status: 0 healthy, 1 engine failed, 2 bad settings, 3 warnings only.
+disk, or an empty model store, is reported but left alone.
+A GPU fault (seed 004) — a GPU was detected at boot (gpu.env) but its driver stops answering
+(nvidia-smi fails), or the engine silently runs a model on the CPU (/api/ps size_vram 0) — gets
+one engine restart per boot: the check exits 4, the recovery unit restarts the engine and
+writes GPU_RESTART_MARK in /run; while that mark exists the check only reports the fault
+(exit 5), so a GPU that stays broken never causes a restart loop. A reboot clears it.
+Exit status: 0 healthy, 1 engine failed, 2 bad settings, 3 warnings only, 4 GPU fault (restart
+once), 5 GPU fault after that restart (an operator's turn).
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from pathlib import Path
 
 from .common import ConfigError, Runner, Settings, fail, log, run_command
 from .gpu import read_gpu_state
-from .ollama import Client, EngineError
-from .paths import ENGINE_UNIT, GPU_ENV, STATE_DIR
+from .ollama import Client, EngineError, entry_name
+from .paths import ENGINE_UNIT, GPU_ENV, RUN_DIR, STATE_DIR
 
 PROG = "healthcheck"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WARNING = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WARNING, EXIT_GPU, EXIT_GPU_AGAIN = 0, 1, 2, 3, 4, 5
+GPU_RESTART_MARK = f"{RUN_DIR}/health-gpu-restart"
 NVIDIA_QUERY = ["nvidia-smi", "--query-gpu=memory.used,memory.total",
                 "--format=csv,noheader,nounits"]
 
@@ -33,6 +40,7 @@ NVIDIA_QUERY = ["nvidia-smi", "--query-gpu=memory.used,memory.total",
 class Finding:
     level: str  # ok | warning | error
     message: str
+    gpu_fault: bool = False  # an error an engine restart may cure (once)
 
 
 @dataclass(frozen=True)
@@ -59,13 +67,43 @@ def check_engine(client: Client, timeout: int,
     return Finding("ok", f"engine: version {version} answered in {took:.0f} ms")
 
 
+def check_models(client: Client, timeout: int) -> Finding:
+    try:
+        count = len(client.tags(timeout=timeout))
+    except EngineError as exc:
+        return Finding("warning", f"models: cannot list them: {exc}")
+    if not count:
+        return Finding("warning", "models: the model store is empty; pull one (neuraldrive pull NAME) "
+                                  "or preload one on the stick (build.py usb --models)")
+    return Finding("ok", f"models: {count} in the store")
+
+
+def check_gpu_use(client: Client, gpu_env: Path, timeout: int) -> Finding | None:
+    """A GPU image whose engine runs a loaded model with nothing in VRAM fell back to the CPU."""
+    state = read_gpu_state(gpu_env)
+    if state is None or state.driver != "loaded" or state.backend == "cpu":
+        return None
+    try:
+        models = client.ps(timeout=timeout)
+    except EngineError:
+        return None  # the engine check reports that
+    on_cpu = sorted(entry_name(m) for m in models if not m.get("size_vram") and m.get("size"))
+    if on_cpu:
+        return Finding("error", f"gpu: {', '.join(on_cpu)} loaded with nothing in VRAM (size_vram 0): "
+                                f"the engine fell back to the CPU although gpu-detect found "
+                                f"{state.vendor} ({state.backend})", gpu_fault=True)
+    return Finding("ok", f"gpu: {len(models)} loaded model(s) in VRAM" if models else
+                         "gpu: no model loaded")
+
+
 def check_vram(gpu_env: Path, warn: int, run: Runner) -> list[Finding]:
     state = read_gpu_state(gpu_env)
     if state is None or not state.nvidia_ready:
         return []  # only NVIDIA has a query tool in the image
     result = run(NVIDIA_QUERY)
     if not result.ok:
-        return [Finding("warning", f"gpu: nvidia-smi failed: {result.reason()}")]
+        return [Finding("error", f"gpu: the NVIDIA driver does not answer (nvidia-smi failed: "
+                                 f"{result.reason()})", gpu_fault=True)]
     findings = []
     for index, line in enumerate(result.stdout.strip().splitlines()):
         try:
@@ -100,18 +138,31 @@ def failed_check_blames_the_engine(monitor: Mapping[str, str]) -> Finding | None
     code, status = monitor.get("MONITOR_EXIT_CODE", ""), monitor.get("MONITOR_EXIT_STATUS", "")
     if not code or monitor.get("MONITOR_SERVICE_RESULT") == "timeout":
         return None  # run by hand, or the check itself hung
-    if code == "exited" and status == str(EXIT_FAILED):
+    if code == "exited" and status in (str(EXIT_FAILED), str(EXIT_GPU)):
         return None
+    if code == "exited" and status == str(EXIT_GPU_AGAIN):
+        return Finding("error", f"the GPU fault persists after the one engine restart this boot allows "
+                                f"({GPU_RESTART_MARK}); {ENGINE_UNIT} left alone: check the driver, "
+                                "or reboot")
     return Finding("error", f"the health check failed ({code} {status}) for a reason other than the "
                             f"engine (bad settings? see journalctl -u {monitor.get('MONITOR_UNIT', PROG)}); "
                             f"{ENGINE_UNIT} left alone")
 
 
-def restart_engine(run: Runner, monitor: Mapping[str, str]) -> Finding:
+def restart_engine(run: Runner, monitor: Mapping[str, str], mark: Path = Path(GPU_RESTART_MARK),
+                   now: Callable[[], float] = time.time) -> Finding:
     """Restart a running-but-hung (or failed) engine; leave one an admin stopped alone."""
     not_the_engine = failed_check_blames_the_engine(monitor)
     if not_the_engine is not None:
         return not_the_engine
+    if monitor.get("MONITOR_EXIT_STATUS") == str(EXIT_GPU):
+        if mark.exists():
+            return Finding("error", f"GPU fault again; the engine was already restarted for one this "
+                                    f"boot ({mark}); {ENGINE_UNIT} left alone")
+        try:
+            mark.write_text(f"{now():.0f}\n", encoding="utf-8")
+        except OSError as exc:  # without the mark the next fault would restart again: do not
+            return Finding("error", f"cannot write {mark} ({exc.strerror}); not restarting for a GPU fault")
     state = run(["systemctl", "is-active", ENGINE_UNIT]).stdout.strip() or "unknown"
     # An appliance's engine is always meant to run: a stopped one is brought back too (to keep it
     # down for maintenance, stop neuraldrive-healthcheck.timer first).
@@ -126,21 +177,32 @@ def restart_engine(run: Runner, monitor: Mapping[str, str]) -> Finding:
     return Finding("ok", f"restarting {ENGINE_UNIT}: it did not answer (it was {state})")
 
 
-def report(findings: list[Finding]) -> int:
+def report(findings: list[Finding], mark: Path = Path(GPU_RESTART_MARK)) -> int:
     """One journal line per finding; the worst one decides the exit status."""
     for finding in findings:
         log(f"{finding.level}: {finding.message}", "info" if finding.level == "ok" else finding.level)
-    if any(f.level == "error" for f in findings):
+    errors = [f for f in findings if f.level == "error"]
+    if any(not f.gpu_fault for f in errors):
         return EXIT_FAILED
+    if errors:
+        if mark.exists():
+            log(f"error: the engine was already restarted once this boot for a GPU fault ({mark}); "
+                "not again: check the driver, or reboot", "error")
+            return EXIT_GPU_AGAIN
+        return EXIT_GPU
     return EXIT_WARNING if any(f.level == "warning" for f in findings) else EXIT_OK
 
 
-def run_checks(settings: Settings, gpu_env: Path, state_dir: Path, run: Runner) -> int:
+def run_checks(settings: Settings, gpu_env: Path, state_dir: Path, run: Runner,
+               mark: Path = Path(GPU_RESTART_MARK)) -> int:
     limits = Limits.from_settings(settings)
     client = Client(settings.text("OLLAMA_HOST"))
-    return report([check_engine(client, limits.api_timeout),
-                   *check_vram(gpu_env, limits.vram_warn, run),
-                   check_disk(state_dir, limits.disk_warn)])
+    engine = check_engine(client, limits.api_timeout)
+    findings = [engine, *check_vram(gpu_env, limits.vram_warn, run), check_disk(state_dir, limits.disk_warn)]
+    if engine.level == "ok":
+        gpu_use = check_gpu_use(client, gpu_env, limits.api_timeout)
+        findings[1:1] = [check_models(client, limits.api_timeout), *([gpu_use] if gpu_use else [])]
+    return report(findings, mark)
 
 
 def build_parser() -> argparse.ArgumentParser:

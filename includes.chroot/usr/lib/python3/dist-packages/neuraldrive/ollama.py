@@ -103,11 +103,11 @@ class Client:
     def version(self, timeout: float | None = None) -> str:
         return str(self.call("GET", "/api/version", timeout=timeout).get("version", "?"))
 
-    def ps(self) -> list[dict[str, Any]]:
-        return list(self.call("GET", "/api/ps").get("models") or [])
+    def ps(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        return list(self.call("GET", "/api/ps", timeout=timeout).get("models") or [])
 
-    def tags(self) -> list[dict[str, Any]]:
-        return list(self.call("GET", "/api/tags").get("models") or [])
+    def tags(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        return list(self.call("GET", "/api/tags", timeout=timeout).get("models") or [])
 
     def load(self, model: str) -> None:
         self.call("POST", "/api/generate", keep_alive_body(model, KEEP_FOREVER),
