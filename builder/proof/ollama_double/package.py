@@ -38,6 +38,21 @@ child it starts per loaded model (also a python3 script, not llama.cpp).
 """
 
 
+# The real archive's GPU backend directories (lib/ollama/cuda_v12, cuda_v13, vulkan), as small
+# placeholder files: the image build's backend pruning then acts on the double exactly as on the
+# real layout, and an image test can see what a profile ships.
+BACKENDS = ("cuda_v12/libggml-cuda.so", "cuda_v13/libggml-cuda.so", "vulkan/libggml-vulkan.so")
+
+
+def _backend_members() -> list[tuple[str, bytes | None, int]]:
+    members: list[tuple[str, bytes | None, int]] = []
+    for backend in BACKENDS:
+        directory, _, _ = backend.partition("/")
+        text = f"NeuralDrive test double: placeholder for Ollama's {directory} backend (not a library)\n"
+        members += [(f"lib/ollama/{directory}", None, 0o755), (f"lib/ollama/{backend}", text.encode(), 0o644)]
+    return members
+
+
 def _members() -> list[tuple[str, bytes | None, int]]:
     """(archive path, content or None for a directory, mode), sorted."""
     members: list[tuple[str, bytes | None, int]] = [
@@ -46,6 +61,7 @@ def _members() -> list[tuple[str, bytes | None, int]]:
         ("lib", None, 0o755),
         ("lib/ollama", None, 0o755),
         ("lib/ollama/TEST-DOUBLE", NOTICE, 0o644),
+        *_backend_members(),
     ]
     for path in sorted(LIB.rglob("*")):
         if "__pycache__" in path.parts or path.suffix == ".pyc":
