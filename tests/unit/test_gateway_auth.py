@@ -177,3 +177,70 @@ def test_a_rotated_key_counts_at_once(gateway: str, keys: tuple[Path, Path]) -> 
     keys[0].write_text("nd-" + "c" * 43 + "\n")
     assert _request(gateway, "GET", "/api/tags", f"Bearer {API}")[0] == 401
     assert _request(gateway, "GET", "/api/tags", "Bearer nd-" + "c" * 43)[0] == 200
+
+
+class _TaggedEngine(_Engine):
+    """Also says which engine (its port) answered."""
+
+    def _reply(self) -> None:
+        body = json.dumps({"path": self.path, "authorization": self.headers.get("Authorization"),
+                           "port": self.connection.getsockname()[1]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_instances_are_routed_under_their_prefix_with_the_same_key(tmp_path: Path, auth_socket: Path) -> None:
+    """The rendered Caddyfile of a profile with two instances, run by the real Caddy: /i/NAME/api|v1/...
+    reaches that instance's port without the prefix and without the key; the admin routes still
+    need the admin key; an unknown instance reaches no engine."""
+    if CADDY is None:
+        pytest.skip("caddy not installed (scripts/setup-host installs it)")
+    engines = {}
+    for name in ("main", "gpu0", "gpu1"):
+        engines[name] = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TaggedEngine)
+        threading.Thread(target=engines[name].serve_forever, daemon=True).start()
+    profile = tmp_path / "two.yaml"
+    profile.write_text("extends: cpu\nollama:\n  instances:\n    - {name: gpu0, port: 11500}\n"
+                       "    - {name: gpu1, port: 11501}\n")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=localhost", "-days", "1", "-keyout", str(tmp_path / "server.key"),
+                    "-out", str(tmp_path / "server.crt")], check=True, capture_output=True)
+    port = _free_port()
+    text = render(CHROOT / "etc/neuraldrive/Caddyfile.j2", load_profile(str(profile)))
+    for engine, listen in ((engines["main"], "11434"), (engines["gpu0"], "11500"), (engines["gpu1"], "11501")):
+        text = text.replace(f"127.0.0.1:{listen}", f"127.0.0.1:{engine.server_address[1]}")
+    text = (text.replace("/var/lib/neuraldrive/tls", str(tmp_path)).replace("/run/neuraldrive-auth/auth.sock",
+                                                                            str(auth_socket))
+            .replace("https://:8443 {", f"https://:{port} {{\n\tbind 127.0.0.1"))
+    (tmp_path / "Caddyfile").write_text(text)
+    env = clean_env(XDG_CONFIG_HOME=str(tmp_path / "cfg"), XDG_DATA_HOME=str(tmp_path / "data"))
+    caddy = subprocess.Popen([CADDY, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while _request(base, "GET", "/health", None)[0] != 200:
+            assert caddy.poll() is None and time.monotonic() < deadline, "caddy did not start"
+            time.sleep(0.1)
+        for name in ("gpu0", "gpu1"):
+            status, body = _request(base, "GET", f"/i/{name}/api/tags", f"Bearer {API}")
+            assert status == 200 and json.loads(body) == {"path": "/api/tags", "authorization": None,
+                                                          "port": engines[name].server_address[1]}
+            status, body = _request(base, "POST", f"/i/{name}/v1/chat/completions", f"Bearer {API}")
+            assert status == 200 and json.loads(body)["path"] == "/v1/chat/completions"
+            assert _request(base, "GET", f"/i/{name}/api/tags", None)[0] == 401
+            status, body = _request(base, "DELETE", f"/i/{name}/api/delete", f"Bearer {API}")
+            assert status == 403 and "admin key" in json.loads(body)["error"]
+            assert _request(base, "DELETE", f"/i/{name}/api/delete", f"Bearer {ADMIN}")[0] == 200
+        status, body = _request(base, "GET", "/i/nope/api/tags", f"Bearer {API}")
+        assert b"/api/tags" not in body  # no engine behind an unknown instance
+        status, body = _request(base, "GET", "/api/tags", f"Bearer {API}")
+        assert status == 200 and json.loads(body)["port"] == engines["main"].server_address[1]
+    finally:
+        caddy.terminate()
+        caddy.wait(timeout=10)
+        for engine in engines.values():
+            engine.shutdown()
