@@ -14,7 +14,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 WORKDIR /src
 COPY scripts/setup-host scripts/setup-host
 COPY requirements.txt .
-RUN bash scripts/setup-host && rm -rf /var/lib/apt/lists/* /root/.cache/pip
+RUN bash scripts/setup-host && apt-get clean && rm -rf /var/lib/apt/lists/* /root/.cache/pip
 COPY . .
 ENTRYPOINT ["python3", "build.py"]
 CMD ["--help"]
