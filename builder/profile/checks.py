@@ -188,6 +188,16 @@ def _check_ollama(p: Profile, bad: Any) -> None:
         names.add(inst.name)
         if inst.gpus and not _DEVICES.fullmatch(inst.gpus):
             raise bad(f"{where}.gpus", f"{inst.gpus!r} is not a device list")
+        for key in ("numa_node", "num_parallel", "context_length"):
+            value, (low, high) = getattr(inst, key), INT_RANGES[f"ollama.{key}"]
+            if value is not None and not low <= value <= high:
+                raise bad(f"{where}.{key}", f"{value} is not in {low}-{high}")
+        if inst.membind and inst.numa_node is None:
+            raise bad(f"{where}.membind", "needs numa_node")
+        if inst.keep_alive is not None:
+            seconds = keep_alive_seconds(inst.keep_alive)
+            if seconds is None or seconds > MAX_KEEP_ALIVE_S:
+                raise bad(f"{where}.keep_alive", f"{inst.keep_alive!r} is not a duration up to 8760h (5m, 1h, -1)")
         if inst.models_dir and (not _MODELS_DIR.fullmatch(inst.models_dir)
                                 or ".." in inst.models_dir.split("/")):
             raise bad(f"{where}.models_dir", f"{inst.models_dir!r} must be a plain path under {facts.STATE_DIR}/ "

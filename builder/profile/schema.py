@@ -63,8 +63,14 @@ class Instance:
 
     name: str
     port: int
-    gpus: str = ""
+    gpus: str = ""  # CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES and GGML_VK_VISIBLE_DEVICES
     models_dir: str = ""
+    numa_node: int | None = None  # numactl --cpunodebind (and --membind with membind: true)
+    membind: bool = False
+    # Own tuning; None: the engine's (ollama.*)
+    num_parallel: int | None = None
+    keep_alive: str | None = None
+    context_length: int | None = None
 
 
 @dataclass(frozen=True)

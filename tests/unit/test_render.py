@@ -153,6 +153,8 @@ def test_profile_overrides_reach_engine_config(tmp_path: Path, double_archive: P
         "extends: nvidia\nollama:\n  keep_alive: 30m\n  flash_attention: true\n  kv_cache_type: q8_0\n"
         "  numa_node: 1\n  cuda_visible_devices: '0'\n"
         "  instances:\n    - name: big\n      port: 11435\n      gpus: '1'\n"
+        "    - {name: socket1, port: 11436, gpus: '2,3', numa_node: 1, membind: true, num_parallel: 4,\n"
+        "       keep_alive: '-1', context_length: 8192}\n"
         "idle:\n  pinned: [llama3.2, 'qwen3:8b']\n"
     )
     profile = load_profile(str(custom))
@@ -166,6 +168,12 @@ def test_profile_overrides_reach_engine_config(tmp_path: Path, double_archive: P
     assert "numactl" in (tree / "config/package-lists/base.list.chroot").read_text()
     instances = (tree / "config/hooks/live/05-instances.hook.chroot").read_text()
     assert "OLLAMA_HOST=127.0.0.1:11435" in instances and "CUDA_VISIBLE_DEVICES=1" in instances
+    socket1 = instances.split("instances/socket1.conf <<'CONF'\n", 1)[1].split("\nCONF\n", 1)[0].splitlines()
+    assert socket1 == ["OLLAMA_HOST=127.0.0.1:11436", "OLLAMA_MODELS=/var/lib/neuraldrive/instances/socket1/models/",
+                       "CUDA_VISIBLE_DEVICES=2,3", "HIP_VISIBLE_DEVICES=2,3", "GGML_VK_VISIBLE_DEVICES=2,3",
+                       "OLLAMA_NUM_PARALLEL=4", "OLLAMA_KEEP_ALIVE=-1", "OLLAMA_CONTEXT_LENGTH=8192"]
+    assert ("ExecStart=\nExecStart=/usr/bin/numactl --cpunodebind=1 --membind=1 /usr/local/bin/ollama serve\n"
+            in instances) and instances.count("numa.conf") == 1  # only the instance with a node
     assert "neuraldrive-ollama@big.service" in (tree / "config/hooks/live/04-enable-units.hook.chroot").read_text()
     settings = (tree / INCLUDES / "etc/neuraldrive/neuraldrive.conf").read_text().splitlines()
     assert "NEURALDRIVE_IDLE_PINNED='llama3.2 qwen3:8b'" in settings
