@@ -192,6 +192,9 @@ def _check_ollama(p: Profile, bad: Any) -> None:
             value, (low, high) = getattr(inst, key), INT_RANGES[f"ollama.{key}"]
             if value is not None and not low <= value <= high:
                 raise bad(f"{where}.{key}", f"{value} is not in {low}-{high}")
+        for model in inst.pinned:
+            if not _MODEL.fullmatch(model):
+                raise bad(f"{where}.pinned", f"{model!r} is not an Ollama model name (name[:tag])")
         if inst.membind and inst.numa_node is None:
             raise bad(f"{where}.membind", "needs numa_node")
         if inst.keep_alive is not None:

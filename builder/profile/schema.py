@@ -71,6 +71,7 @@ class Instance:
     num_parallel: int | None = None
     keep_alive: str | None = None
     context_length: int | None = None
+    pinned: tuple[str, ...] = ()  # as idle.pinned, for this instance
 
 
 @dataclass(frozen=True)

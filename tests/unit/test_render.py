@@ -154,7 +154,7 @@ def test_profile_overrides_reach_engine_config(tmp_path: Path, double_archive: P
         "  numa_node: 1\n  cuda_visible_devices: '0'\n"
         "  instances:\n    - name: big\n      port: 11435\n      gpus: '1'\n"
         "    - {name: socket1, port: 11436, gpus: '2,3', numa_node: 1, membind: true, num_parallel: 4,\n"
-        "       keep_alive: '-1', context_length: 8192}\n"
+        "       keep_alive: '-1', context_length: 8192, pinned: ['qwen3:8b']}\n"
         "idle:\n  pinned: [llama3.2, 'qwen3:8b']\n"
     )
     profile = load_profile(str(custom))
@@ -171,7 +171,15 @@ def test_profile_overrides_reach_engine_config(tmp_path: Path, double_archive: P
     socket1 = instances.split("instances/socket1.conf <<'CONF'\n", 1)[1].split("\nCONF\n", 1)[0].splitlines()
     assert socket1 == ["OLLAMA_HOST=127.0.0.1:11436", "OLLAMA_MODELS=/var/lib/neuraldrive/instances/socket1/models/",
                        "CUDA_VISIBLE_DEVICES=2,3", "HIP_VISIBLE_DEVICES=2,3", "GGML_VK_VISIBLE_DEVICES=2,3",
-                       "OLLAMA_NUM_PARALLEL=4", "OLLAMA_KEEP_ALIVE=-1", "OLLAMA_CONTEXT_LENGTH=8192"]
+                       "OLLAMA_NUM_PARALLEL=4", "OLLAMA_KEEP_ALIVE=-1", "OLLAMA_CONTEXT_LENGTH=8192",
+                       "# neuraldrive-gpu-idle@: the models this instance keeps loaded (not the main engine's).",
+                       "NEURALDRIVE_IDLE_PINNED=qwen3:8b"]
+    enable = (tree / "config/hooks/live/04-enable-units.hook.chroot").read_text()
+    assert "systemctl enable neuraldrive-gpu-idle@socket1.service" in enable
+    idle_unit = (tree / INCLUDES / "etc/systemd/system/neuraldrive-gpu-idle@.service").read_text()
+    assert idle_unit.index("EnvironmentFile=/etc/neuraldrive/neuraldrive.conf") < idle_unit.index(
+        "EnvironmentFile=/etc/neuraldrive/instances/%i.conf")
+    assert "After=neuraldrive-ollama@%i.service" in idle_unit
     assert ("ExecStart=\nExecStart=/usr/bin/numactl --cpunodebind=1 --membind=1 /usr/local/bin/ollama serve\n"
             in instances) and instances.count("numa.conf") == 1  # only the instance with a node
     assert "neuraldrive-ollama@big.service" in (tree / "config/hooks/live/04-enable-units.hook.chroot").read_text()
