@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import healthcheck, logs
+from . import bench, healthcheck, logs, status
 from .appliance import api_urls, read_api_key
 from .common import (
     ConfigError,
@@ -29,7 +29,6 @@ from .common import (
     load_conf_files,
     run_command,
 )
-from .gpu import read_gpu_state
 from .ollama import UNLOAD_WAIT_S, Client, EngineDownError, EngineError, entry_name, matches
 from .paths import (
     ADMIN_KEY_FILE,
@@ -79,56 +78,42 @@ def _vram(entry: dict[str, object]) -> str:
     return f"{human_bytes(int(str(entry.get('size') or 0)))} RAM"
 
 
-def _until(entry: dict[str, object]) -> str:
-    stamp = str(entry.get("expires_at") or "")
-    # keep_alive -1 puts expiry centuries away.
-    if not stamp[:4].isdigit() or int(stamp[:4]) >= 2100:
-        return "kept loaded"
-    return "until " + stamp[:16].replace("T", " ")
+def status_sources(ctx: Context) -> status.Sources:
+    limits = healthcheck.Limits.from_settings(ctx.settings)
+    return status.Sources(Client(ctx.settings.text("OLLAMA_HOST"), timeout=status.ENGINE_TIMEOUT_S),
+                          ctx.gpu_env, ctx.state_dir, ctx.run, vram_warn=limits.vram_warn,
+                          disk_warn=limits.disk_warn)
 
 
-def service_states(ctx: Context) -> list[tuple[str, str]] | str:
-    """(unit, active state) of every neuraldrive-* unit, or why they could not be listed."""
-    listed = ctx.run(["systemctl", "list-unit-files", "--no-legend", "--no-pager", "--plain",
-                      "neuraldrive-*"])
-    if not listed.ok:
-        return f"unknown (systemctl: {listed.reason()})"
-    units = [line.split()[0] for line in listed.stdout.splitlines()
-             if line.strip() and "@." not in line.split()[0]]
-    if not units:
-        return "none installed"
-    # is-active exits non-zero when any unit is not active, but still prints every state.
-    states = ctx.run(["systemctl", "is-active", *units]).stdout.split()
-    if len(states) != len(units):
-        return "unknown (systemctl is-active gave no answer)"
-    return list(zip(units, states, strict=True))
-
-
-def cmd_status(ctx: Context, _args: argparse.Namespace) -> int:
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    state = status.collect(status_sources(ctx))
+    if args.json:
+        ctx.say(json.dumps(state.to_dict(), indent=2))
+        return 0 if state.engine_state == "running" else 1
     port = ctx.settings.integer("NEURALDRIVE_GATEWAY_PORT", 8443, minimum=1)
     by_address, by_name = api_urls(port, ctx.run)
     ctx.say(f"API       {by_address}" + (f"  (also {by_name})" if by_name != by_address else ""))
-    gpu = read_gpu_state(ctx.gpu_env)
-    ctx.say(f"GPU       {gpu.summary() if gpu else f'unknown (no {ctx.gpu_env} yet)'}")
-    services = service_states(ctx)
+    services = status.unit_states(ctx.run)
     if isinstance(services, str):
         ctx.say(f"Services  {services}")
     else:
-        for i, (unit, state) in enumerate(services):
-            ctx.say(f"{'Services' if i == 0 else '':<10}{unit:<40} {state}")
-    client = ctx.client
-    try:
-        version = client.version()
-        loaded = client.ps()
-    except EngineDownError as exc:
-        ctx.say(f"Engine    not answering at {client.url}")
-        return fail(PROG, f"{exc}; see systemctl status {ENGINE_UNIT}")
-    ctx.say(f"Engine    Ollama {version} at {client.url}")
-    if not loaded:
-        ctx.say("Loaded    no models")
-    for i, entry in enumerate(loaded):
-        ctx.say(f"{'Loaded' if i == 0 else '':<10}{entry_name(entry):<40} {_vram(entry):>14}  "
-                f"{_until(entry)}")
+        for i, (unit, state_) in enumerate(services):
+            ctx.say(f"{'Services' if i == 0 else '':<10}{unit:<40} {state_}")
+    for line in status.render_text(state, ctx.client.url):
+        ctx.say(line)
+    if state.engine_state == "down":
+        return fail(PROG, f"{state.engine_error}; see systemctl status {ENGINE_UNIT}")
+    return 1 if state.engine_state == "error" else 0
+
+
+def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:
+    if args.runs < 1:
+        return fail(PROG, "bench: --runs must be at least 1", 2)
+    client = Client(ctx.settings.text("OLLAMA_HOST"))
+    report = bench.bench(client, bench.pick_model(client, args.model), args.runs,
+                         status.collect(status_sources(ctx)))
+    for line in [json.dumps(report, indent=2)] if args.json else bench.render_text(report):
+        ctx.say(line)
     return 0
 
 
@@ -240,8 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "the models in GPU memory, check its health, show or rotate "
                                "the API key.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("status", help="services, GPU, loaded models and the API URL"
-                   ).set_defaults(handler=cmd_status)
+    stat = sub.add_parser("status", help="services, GPU, loaded models, health, disk and the API URL")
+    stat.add_argument("--json", action="store_true", help="the status as JSON (what the page reads)")
+    stat.set_defaults(handler=cmd_status)
+    bench.add_arguments(sub.add_parser("bench", help="time to first token and tokens/s from the "
+                                                     "engine's counters")).set_defaults(handler=cmd_bench)
     sub.add_parser("models", help="models on disk (and which are loaded)"
                    ).set_defaults(handler=cmd_models)
     load = sub.add_parser("load", help="load a model and keep it loaded (keep_alive -1)")

@@ -1,0 +1,153 @@
+"""The operator page in headless Chromium, served by the real Caddy with the rendered Caddyfile, the real
+gateway-auth and the Ollama double as the engine: loads with the key, refuses a wrong one clearly, pulls
+with progress, streams a chat, shows benchmark figures. Screenshots go to out/screenshots/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builder.profile import load_profile
+from builder.proof.ollama_double import SCRIPT, write_model
+from tests.conftest import _free_port, _wait_ready
+from tests.fixtures.gpu import CHROOT, clean_env, lib
+from tests.unit.test_gateway_auth import ADMIN, API, CADDY, _request, auth_socket, keys  # noqa: F401
+from tests.unit.test_inimage_units import render
+
+status = lib("status")
+ollama = lib("ollama")
+WWW = CHROOT / "usr/share/neuraldrive/www"
+SHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+webdriver = pytest.importorskip("selenium.webdriver")
+
+
+@pytest.fixture()
+def engine(tmp_path: Path) -> Iterator[str]:
+    """The double, with a 'registry' to pull from."""
+    models, registry = tmp_path / "models", tmp_path / "registry"
+    models.mkdir()
+    registry.mkdir()
+    write_model(models, "tiny", 4096)
+    write_model(registry, "pulled:1b", 3 * 2**20)
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")}
+    env.update(OLLAMA_HOST=f"127.0.0.1:{port}", OLLAMA_MODELS=str(models), HOME=str(tmp_path / "home"),
+               OLLAMA_TESTDOUBLE_REGISTRY=str(registry))
+    log = tmp_path / "double.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    assert _wait_ready(proc, f"http://127.0.0.1:{port}", log)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def site(tmp_path: Path, auth_socket: Path, engine: str) -> Iterator[str]:  # noqa: F811
+    if CADDY is None:
+        pytest.skip("caddy not installed (scripts/setup-host installs it)")
+    page = tmp_path / "page"
+    page.mkdir()
+    gpu_env = tmp_path / "gpu.env"
+    gpu_env.write_text("NEURALDRIVE_GPU_VENDOR=none\nNEURALDRIVE_GPU_BACKEND=cpu\n")
+    state = status.collect(status.Sources(ollama.Client(engine), gpu_env, tmp_path, lambda argv: None))
+    (page / "status.json").write_text(json.dumps(state.to_dict()))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=localhost", "-days", "1", "-keyout", str(tmp_path / "server.key"),
+                    "-out", str(tmp_path / "server.crt")], check=True, capture_output=True)
+    port = _free_port()
+    text = render(CHROOT / "etc/neuraldrive/Caddyfile.j2", load_profile("test"))
+    for old, new in (("/var/lib/neuraldrive/tls", str(tmp_path)),
+                     ("/run/neuraldrive-auth/auth.sock", str(auth_socket)), ("127.0.0.1:11434", engine),
+                     ("/run/neuraldrive/page", str(page)), ("/usr/share/neuraldrive/www", str(WWW)),
+                     ("https://:8443 {", f"https://:{port} {{\n\tbind 127.0.0.1")):
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "Caddyfile").write_text(text)
+    caddy = subprocess.Popen([CADDY, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+                             env=clean_env(XDG_CONFIG_HOME=str(tmp_path / "cfg"), XDG_DATA_HOME=str(tmp_path / "data")),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"https://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while _request(base, "GET", "/health", None)[0] != 200:
+        assert caddy.poll() is None and time.monotonic() < deadline, "caddy did not start"
+        time.sleep(0.1)
+    yield base
+    caddy.terminate()
+    caddy.wait(timeout=10)
+
+
+def test_static_files_are_open_status_needs_the_key(site: str) -> None:
+    assert _request(site, "GET", "/", None)[0] == 200
+    assert _request(site, "GET", "/js/main.js", None)[0] == 200
+    assert _request(site, "GET", "/nd/status.json", None)[0] == 401
+    code, body = _request(site, "GET", "/nd/status.json", f"Bearer {API}")
+    assert code == 200 and json.loads(body)["engine_state"] == "running"
+    assert _request(site, "GET", "/nd/../gpu.env", f"Bearer {API}")[0] == 404
+
+
+def _wait(driver: Any, check: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"page: no {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                    reason="chromium/chromedriver not installed (scripts/setup-host)")
+def test_page_in_chromium(site: str) -> None:
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--ignore-certificate-errors", "--window-size=1100,1400",
+                "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(str(DRIVER)))
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    by_id = lambda name: driver.find_element(By.ID, name)  # noqa: E731
+    try:
+        driver.get(site + "/")
+        by_id("key").send_keys("nd-wrong-key")
+        by_id("key-form").submit()
+        _wait(driver, lambda: "refused (HTTP 401)" in by_id("message").text, "wrong-key message")
+        driver.save_screenshot(str(SHOTS / "1-wrong-key.png"))
+        start = time.monotonic()
+        by_id("key").send_keys(API)
+        by_id("key-form").submit()
+        _wait(driver, lambda: by_id("main").is_displayed() and "running" in by_id("status").text, "status")
+        print(f"\npage load with the key (status + models through the gateway): {time.monotonic() - start:.2f} s")
+        assert "tiny:latest" in by_id("models").text and "Disk left" in by_id("status").text
+        driver.save_screenshot(str(SHOTS / "2-status.png"))
+        by_id("pull-name").send_keys("pulled:1b")
+        by_id("pull-form").submit()
+        _wait(driver, lambda: by_id("pull-status").text == "success", "pull success")
+        assert by_id("pull-progress").get_attribute("value") == "1"
+        _wait(driver, lambda: "pulled:1b" in by_id("models").text, "pulled model in the list")
+        driver.save_screenshot(str(SHOTS / "3-pull.png"))
+        by_id("chat-text").send_keys("hello")
+        by_id("chat-form").submit()
+        _wait(driver, lambda: by_id("chat-reply").get_attribute("data-done") == "true", "chat reply")
+        assert by_id("chat-reply").text == "test double reply"
+        assert int(by_id("chat-reply").get_attribute("data-chunks") or 0) == 3  # streamed, token by token
+        by_id("bench-form").submit()
+        _wait(driver, lambda: by_id("bench-table").is_displayed(), "benchmark figures")
+        rows = by_id("bench-rows").text
+        assert "generation (tokens/s) 50.0 50.0 50.0" in rows and "prompt (tokens/s) 400.0 400.0 400.0" in rows
+        driver.save_screenshot(str(SHOTS / "4-chat-bench.png"))
+        by_id("forget").click()
+        assert driver.execute_script("return sessionStorage.length") == 0
+    finally:
+        print(f"screenshots: {SHOTS}")
+        driver.quit()
