@@ -295,3 +295,24 @@ def test_gpu_restart_needs_its_mark(tmp_path: Path) -> None:
                                     tmp_path / "no-dir" / "mark")
     assert finding.level == "error" and "not restarting for a GPU fault" in finding.message
     assert run.calls == []
+
+
+# ---- engine instances (neuraldrive-healthcheck@NAME) -----------------------------------------
+
+def test_each_instance_has_its_own_mark_and_unit() -> None:
+    assert health.mark_for("neuraldrive-ollama.service") == Path("/run/neuraldrive/health-gpu-restart")
+    assert health.mark_for("neuraldrive-ollama@gpu1.service") == Path("/run/neuraldrive/health-gpu-restart@gpu1")
+    run = FakeRunner({("systemctl", "is-active"): (0, "failed\n", "")})
+    code = health.main(["--restart-engine", "--engine-unit", "neuraldrive-ollama@gpu1.service"], run)
+    assert code == 0
+    assert run.calls == [["systemctl", "is-active", "neuraldrive-ollama@gpu1.service"],
+                         ["systemctl", "reset-failed", "neuraldrive-ollama@gpu1.service"],
+                         ["systemctl", "restart", "--no-block", "neuraldrive-ollama@gpu1.service"]]
+
+
+def test_only_engine_units_are_restarted(capsys: pytest.CaptureFixture[str]) -> None:
+    run = FakeRunner()
+    assert health.main(["--restart-engine", "--engine-unit", "ssh.service"], run) == health.EXIT_USAGE
+    assert run.calls == []
+    assert capsys.readouterr().err == ("healthcheck: --engine-unit 'ssh.service' is not an engine unit "
+                                       "(neuraldrive-ollama[@NAME].service)\n")

@@ -180,6 +180,15 @@ def test_profile_overrides_reach_engine_config(tmp_path: Path, double_archive: P
     assert idle_unit.index("EnvironmentFile=/etc/neuraldrive/neuraldrive.conf") < idle_unit.index(
         "EnvironmentFile=/etc/neuraldrive/instances/%i.conf")
     assert "After=neuraldrive-ollama@%i.service" in idle_unit
+    assert "systemctl enable neuraldrive-healthcheck@socket1.timer" in enable
+    units = tree / INCLUDES / "etc/systemd/system"
+    check = (units / "neuraldrive-healthcheck@.service").read_text()
+    assert "OnFailure=neuraldrive-healthcheck-recover@%i.service" in check
+    assert "ExecStart=/usr/lib/neuraldrive/healthcheck --engine-unit neuraldrive-ollama@%i.service" in check
+    recover = (units / "neuraldrive-healthcheck-recover@.service").read_text()
+    assert ("ExecStart=/usr/lib/neuraldrive/healthcheck --restart-engine --engine-unit "
+            "neuraldrive-ollama@%i.service") in recover
+    assert "ReadWritePaths=/run/neuraldrive" in recover
     assert ("ExecStart=\nExecStart=/usr/bin/numactl --cpunodebind=1 --membind=1 /usr/local/bin/ollama serve\n"
             in instances) and instances.count("numa.conf") == 1  # only the instance with a node
     assert "neuraldrive-ollama@big.service" in (tree / "config/hooks/live/04-enable-units.hook.chroot").read_text()

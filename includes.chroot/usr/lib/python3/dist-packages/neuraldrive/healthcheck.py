@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,6 +33,13 @@ from .paths import ENGINE_UNIT, GPU_ENV, RUN_DIR, STATE_DIR
 PROG = "healthcheck"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WARNING, EXIT_GPU, EXIT_GPU_AGAIN = 0, 1, 2, 3, 4, 5
 GPU_RESTART_MARK = f"{RUN_DIR}/health-gpu-restart"
+
+
+def mark_for(unit: str) -> Path:
+    """The one-restart-per-boot mark of an engine unit (an instance has its own)."""
+    instance = unit.removesuffix(".service").partition("@")[2]
+    return Path(GPU_RESTART_MARK + (f"@{instance}" if instance else ""))
+ENGINE_UNITS = re.compile(r"neuraldrive-ollama(@[a-z0-9][a-z0-9-]{0,31})?\.service")
 NVIDIA_QUERY = ["nvidia-smi", "--query-gpu=memory.used,memory.total",
                 "--format=csv,noheader,nounits"]
 
@@ -128,7 +136,7 @@ def check_disk(path: Path, warn: int) -> Finding:
                           f"warning at {warn}%)")
 
 
-def failed_check_blames_the_engine(monitor: Mapping[str, str]) -> Finding | None:
+def failed_check_blames_the_engine(monitor: Mapping[str, str], unit: str = ENGINE_UNIT) -> Finding | None:
     """None when the failed check means the engine did not answer; else why not to restart it.
 
     systemd hands an OnFailure= unit the failed unit's result (MONITOR_* since v251). Only exit 1
@@ -142,42 +150,43 @@ def failed_check_blames_the_engine(monitor: Mapping[str, str]) -> Finding | None
         return None
     if code == "exited" and status == str(EXIT_GPU_AGAIN):
         return Finding("error", f"the GPU fault persists after the one engine restart this boot allows "
-                                f"({GPU_RESTART_MARK}); {ENGINE_UNIT} left alone: check the driver, "
+                                f"({mark_for(unit)}); {unit} left alone: check the driver, "
                                 "or reboot")
     return Finding("error", f"the health check failed ({code} {status}) for a reason other than the "
                             f"engine (bad settings? see journalctl -u {monitor.get('MONITOR_UNIT', PROG)}); "
-                            f"{ENGINE_UNIT} left alone")
+                            f"{unit} left alone")
 
 
-def restart_engine(run: Runner, monitor: Mapping[str, str], mark: Path = Path(GPU_RESTART_MARK),
-                   now: Callable[[], float] = time.time) -> Finding:
+def restart_engine(run: Runner, monitor: Mapping[str, str], mark: Path | None = None,
+                   now: Callable[[], float] = time.time, unit: str = ENGINE_UNIT) -> Finding:
     """Restart a running-but-hung (or failed) engine; leave one an admin stopped alone."""
-    not_the_engine = failed_check_blames_the_engine(monitor)
+    mark = mark or mark_for(unit)
+    not_the_engine = failed_check_blames_the_engine(monitor, unit)
     if not_the_engine is not None:
         return not_the_engine
     if monitor.get("MONITOR_EXIT_STATUS") == str(EXIT_GPU):
         if mark.exists():
             return Finding("error", f"GPU fault again; the engine was already restarted for one this "
-                                    f"boot ({mark}); {ENGINE_UNIT} left alone")
+                                    f"boot ({mark}); {unit} left alone")
         try:
             mark.write_text(f"{now():.0f}\n", encoding="utf-8")
         except OSError as exc:  # without the mark the next fault would restart again: do not
             return Finding("error", f"cannot write {mark} ({exc.strerror}); not restarting for a GPU fault")
-    state = run(["systemctl", "is-active", ENGINE_UNIT]).stdout.strip() or "unknown"
+    state = run(["systemctl", "is-active", unit]).stdout.strip() or "unknown"
     # An appliance's engine is always meant to run: a stopped one is brought back too (to keep it
     # down for maintenance, stop neuraldrive-healthcheck.timer first).
     if state in ("activating", "reloading", "deactivating"):
-        return Finding("warning", f"{ENGINE_UNIT} is {state}; not restarting it mid-start")
+        return Finding("warning", f"{unit} is {state}; not restarting it mid-start")
     if state == "failed":
         # A unit that hit its start limit refuses a plain restart until this.
-        run(["systemctl", "reset-failed", ENGINE_UNIT])
-    result = run(["systemctl", "restart", "--no-block", ENGINE_UNIT])
+        run(["systemctl", "reset-failed", unit])
+    result = run(["systemctl", "restart", "--no-block", unit])
     if not result.ok:
-        return Finding("error", f"restarting {ENGINE_UNIT} failed: {result.reason()}")
-    return Finding("ok", f"restarting {ENGINE_UNIT}: it did not answer (it was {state})")
+        return Finding("error", f"restarting {unit} failed: {result.reason()}")
+    return Finding("ok", f"restarting {unit}: it did not answer (it was {state})")
 
 
-def report(findings: list[Finding], mark: Path = Path(GPU_RESTART_MARK)) -> int:
+def report(findings: list[Finding], mark: Path | None = None) -> int:
     """One journal line per finding; the worst one decides the exit status."""
     for finding in findings:
         log(f"{finding.level}: {finding.message}", "info" if finding.level == "ok" else finding.level)
@@ -185,6 +194,7 @@ def report(findings: list[Finding], mark: Path = Path(GPU_RESTART_MARK)) -> int:
     if any(not f.gpu_fault for f in errors):
         return EXIT_FAILED
     if errors:
+        mark = mark or mark_for(ENGINE_UNIT)
         if mark.exists():
             log(f"error: the engine was already restarted once this boot for a GPU fault ({mark}); "
                 "not again: check the driver, or reboot", "error")
@@ -194,7 +204,7 @@ def report(findings: list[Finding], mark: Path = Path(GPU_RESTART_MARK)) -> int:
 
 
 def run_checks(settings: Settings, gpu_env: Path, state_dir: Path, run: Runner,
-               mark: Path = Path(GPU_RESTART_MARK)) -> int:
+               mark: Path | None = None) -> int:
     limits = Limits.from_settings(settings)
     client = Client(settings.text("OLLAMA_HOST"))
     engine = check_engine(client, limits.api_timeout)
@@ -215,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restart-engine", action="store_true",
                         help=f"instead of checking, (re)start {ENGINE_UNIT} unless it is starting or "
                              "stopping right now (root; run by the health check's OnFailure= unit)")
+    parser.add_argument("--engine-unit", default=ENGINE_UNIT, metavar="UNIT",
+                        help=f"the engine unit checked and restarted (default {ENGINE_UNIT}; an "
+                             "instance: neuraldrive-ollama@NAME.service, its address from OLLAMA_HOST)")
     parser.add_argument("--gpu-env", type=Path, default=Path(GPU_ENV), metavar="FILE",
                         help=f"GPU facts to read (default {GPU_ENV})")
     parser.add_argument("--state-dir", type=Path, default=Path(STATE_DIR), metavar="DIR",
@@ -224,10 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
     args = build_parser().parse_args(argv)
+    if not ENGINE_UNITS.fullmatch(args.engine_unit):
+        return fail(PROG, f"--engine-unit {args.engine_unit!r} is not an engine unit "
+                          "(neuraldrive-ollama[@NAME].service)", EXIT_USAGE)
     if args.restart_engine:
-        return report([restart_engine(run, os.environ)])
+        return report([restart_engine(run, os.environ, unit=args.engine_unit)])
     try:
-        return run_checks(Settings(os.environ), args.gpu_env, args.state_dir, run)
+        return run_checks(Settings(os.environ), args.gpu_env, args.state_dir, run, mark_for(args.engine_unit))
     except ConfigError as exc:
         return fail(PROG, str(exc), EXIT_USAGE)
 
