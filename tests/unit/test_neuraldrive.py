@@ -260,3 +260,26 @@ def test_help(argv: list[str]) -> None:
     result = run_cli(argv[0], *argv[1:], host="127.0.0.1:1")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: ")
+
+
+def test_instance_option_talks_to_that_instance(tmp_path: Path, ollama_double: OllamaDouble,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`neuraldrive -i NAME ...`: the instance's file (and its persistent override) gives the address."""
+    instances = lib("instances")
+    etc, override = tmp_path / "instances", tmp_path / "config"
+    etc.mkdir()
+    override.mkdir()
+    (etc / "gpu1.conf").write_text("OLLAMA_HOST=127.0.0.1:9\nOLLAMA_MODELS=/m\n")
+    (override / "ollama@gpu1.conf").write_text(f"OLLAMA_HOST={ollama_double.host}\n")
+    (etc / "gpu0.conf").write_text(f"OLLAMA_HOST={dead_host()}\n")
+    monkeypatch.setattr(instances, "INSTANCES_DIR", str(etc))
+    monkeypatch.setattr(instances, "OVERRIDE_DIR", str(override))
+    ollama_double.add_model("tiny")
+    ctx, _, _ = context(tmp_path, dead_host())  # the main engine is down
+    assert admin.main(["-i", "gpu1", "load", "tiny"], ctx) == 0
+    assert [m["name"] for m in ollama.Client(ollama_double.host).ps()] == ["tiny:latest"]
+    assert admin.main(["load", "tiny"], ctx) == 1  # without -i: the main engine
+    capsys.readouterr()
+    assert admin.main(["-i", "gpu9", "models"], ctx) == 2
+    assert capsys.readouterr().err == "neuraldrive: no engine instance 'gpu9' (instances: gpu0, gpu1)\n"

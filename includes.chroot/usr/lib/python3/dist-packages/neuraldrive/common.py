@@ -127,6 +127,9 @@ class Settings:
     def words(self, key: str) -> tuple[str, ...]:
         return tuple(self._values.get(key, "").replace(",", " ").split())
 
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._values.items())
+
 
 def atomic_write(path: str | Path, data: str, mode: int = 0o644, gid: int | None = None) -> None:
     """Readers see the old file or the new one, never half of one (temp file + rename)."""

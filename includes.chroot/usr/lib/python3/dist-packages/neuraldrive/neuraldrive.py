@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import bench, healthcheck, logs, status
+from . import bench, healthcheck, instances, logs, status
 from .appliance import api_urls, read_api_key
 from .common import (
     ConfigError,
@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Administer this NeuralDrive appliance: see its state, manage "
                                "the models in GPU memory, check its health, show or rotate "
                                "the API key.")
+    parser.add_argument("-i", "--instance", metavar="NAME", help="engine instance NAME (ollama.instances)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stat = sub.add_parser("status", help="services, GPU, loaded models, health, disk and the API URL")
     stat.add_argument("--json", action="store_true", help="the status as JSON (what the page reads)")
@@ -267,8 +268,8 @@ def dispatch(handler: Callable[[Context, argparse.Namespace], int], ctx: Context
 
 
 def main(argv: Sequence[str] | None = None, ctx: Context | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return dispatch(args.handler, ctx or Context.from_system(), args)
+    args, ctx = build_parser().parse_args(argv), ctx or Context.from_system()
+    return dispatch(lambda c, a: args.handler(instances.select(c, a.instance), a), ctx, args)
 
 
 # The short commands of the seed's GPU manager, kept for muscle memory.
