@@ -283,3 +283,25 @@ def test_instance_option_talks_to_that_instance(tmp_path: Path, ollama_double: O
     capsys.readouterr()
     assert admin.main(["-i", "gpu9", "models"], ctx) == 2
     assert capsys.readouterr().err == "neuraldrive: no engine instance 'gpu9' (instances: gpu0, gpu1)\n"
+
+
+def test_status_lists_every_instance(tmp_path: Path, ollama_double: OllamaDouble,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    instances = lib("instances")
+    etc = tmp_path / "instances"
+    etc.mkdir()
+    (etc / "gpu0.conf").write_text(f"OLLAMA_HOST={ollama_double.host}\n")
+    (etc / "gpu1.conf").write_text(f"OLLAMA_HOST={dead_host()}\n")
+    monkeypatch.setattr(instances, "INSTANCES_DIR", str(etc))
+    monkeypatch.setattr(instances, "OVERRIDE_DIR", str(tmp_path / "none"))
+    ollama_double.add_model("tiny")
+    ollama.Client(ollama_double.host).load("tiny")
+    run = FakeRunner({("systemctl", "is-active", "neuraldrive-ollama@gpu0.service"): (0, "active\n", ""),
+                      ("systemctl", "is-active", "neuraldrive-ollama@gpu1.service"): (3, "failed\n", "")})
+    lines = instances.status_lines(common.Settings({}), run)
+    assert len(lines) == 2
+    assert lines[0].split()[:3] == ["Instances", "gpu0", "active"] and lines[0].endswith("tiny:latest")
+    assert lines[1].split()[:2] == ["gpu1", "failed"] and "not answering" in lines[1]
+    ctx, out, _ = context(tmp_path, ollama_double.host, run=run)
+    admin.main(["status"], ctx)
+    assert "Instances gpu0" in out.getvalue()

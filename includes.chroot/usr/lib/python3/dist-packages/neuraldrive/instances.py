@@ -12,11 +12,13 @@ import re
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from .common import ConfigError, Settings, read_env_file
+from .common import ConfigError, Runner, Settings, read_env_file
+from .ollama import Client, EngineError, entry_name
 
 INSTANCES_DIR = "/etc/neuraldrive/instances"
 OVERRIDE_DIR = "/var/lib/neuraldrive/config"
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+ENGINE_TIMEOUT_S = 3.0  # per instance, so `neuraldrive status` stays quick with a hung one
 
 
 class _HasSettings(Protocol):
@@ -58,3 +60,19 @@ def settings_for(base: Settings, name: str, directory: str | Path | None = None,
     values.update(read_env_file(Path(directory or INSTANCES_DIR) / f"{name}.conf"))
     values.update(read_env_file(Path(override_dir or OVERRIDE_DIR) / f"ollama@{name}.conf"))
     return Settings(values)
+
+
+def status_lines(base: Settings, run: Runner, directory: str | Path | None = None,
+                 override_dir: str | Path | None = None) -> list[str]:
+    """One line per instance for `neuraldrive status`: unit state, address, loaded models."""
+    lines: list[str] = []
+    for name in names(directory):
+        state = run(["systemctl", "is-active", unit(name)]).stdout.strip() or "unknown"
+        client = Client(settings_for(base, name, directory, override_dir).text("OLLAMA_HOST"),
+                        timeout=ENGINE_TIMEOUT_S)
+        try:
+            loaded = ", ".join(sorted(entry_name(m) for m in client.ps())) or "no model loaded"
+        except EngineError as exc:
+            loaded = f"not answering ({exc})"
+        lines.append(f"{'Instances' if not lines else '':<10}{name:<12} {state:<9} {client.url}  {loaded}")
+    return lines

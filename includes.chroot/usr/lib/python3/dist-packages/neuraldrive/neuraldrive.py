@@ -99,7 +99,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     else:
         for i, (unit, state_) in enumerate(services):
             ctx.say(f"{'Services' if i == 0 else '':<10}{unit:<40} {state_}")
-    for line in status.render_text(state, ctx.client.url):
+    for line in [*status.render_text(state, ctx.client.url), *instances.status_lines(ctx.settings, ctx.run)]:
         ctx.say(line)
     if state.engine_state == "down":
         return fail(PROG, f"{state.engine_error}; see systemctl status {ENGINE_UNIT}")
