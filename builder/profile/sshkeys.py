@@ -15,7 +15,7 @@ from pathlib import Path
 
 from builder.errors import ProfileError
 from builder.image.escape import describe, first_control
-from builder.profile.strict_yaml import shown
+from builder.profile.strict_yaml import read_utf8, shown
 
 MAX_BYTES = 256 * 1024
 KEY_TYPES = (
@@ -46,18 +46,7 @@ class _BadKeyError(Exception):
 def read_authorized_keys(path: Path) -> list[str]:
     """The key lines of `path`, normalised; ProfileError `file:line: what is wrong` otherwise."""
     where = shown(path)
-    try:
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise ProfileError(f"{where}: cannot read ({exc.strerror})") from None
-    if len(raw) > MAX_BYTES:
-        raise ProfileError(f"{where}: larger than {MAX_BYTES} bytes: not an authorized_keys file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        bad_line = raw[: exc.start].count(b"\n") + 1
-        raise ProfileError(f"{where}:{bad_line}: not UTF-8") from None
+    text = read_utf8(path, MAX_BYTES, "an authorized_keys file")
     keys: list[str] = []
     for number, raw_line in enumerate(text.split("\n"), start=1):
         line = raw_line.removesuffix("\r").strip(" \t")

@@ -70,21 +70,28 @@ def _construct_map(loader: ProfileLoader, node: MappingNode) -> dict[Any, Any]:
 ProfileLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
 
-def read_yaml(path: Path) -> Any:
-    """The data in `path` (None for an empty file); ProfileError naming file and line otherwise."""
+def read_utf8(path: Path, limit: int, what: str) -> str:
+    """A small UTF-8 text file read whole: at most `limit` bytes, else ProfileError naming the file (and
+    the line of a byte that is not UTF-8). `what` names what the file should be, for the size error."""
     where = shown(path)
     try:
         with path.open("rb") as stream:
-            raw = stream.read(MAX_BYTES + 1)
+            raw = stream.read(limit + 1)
     except OSError as exc:
         raise ProfileError(f"{where}: cannot read ({exc.strerror})") from None
-    if len(raw) > MAX_BYTES:
-        raise ProfileError(f"{where}: larger than {MAX_BYTES} bytes: not a profile")
+    if len(raw) > limit:
+        raise ProfileError(f"{where}: larger than {limit} bytes: not {what}")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ProfileError(f"{where}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+
+
+def read_yaml(path: Path) -> Any:
+    """The data in `path` (None for an empty file); ProfileError naming file and line otherwise."""
+    where = shown(path)
+    text = read_utf8(path, MAX_BYTES, "a profile")
     loader = None
     try:
         loader = ProfileLoader(text)  # the reader checks for unprintable characters right here
