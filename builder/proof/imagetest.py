@@ -23,6 +23,7 @@ from builder.errors import VMError
 from builder.files import ROOT
 from builder.profile import Profile
 from builder.proof.boots import BootFigures, boot_and_wait, poweroff
+from builder.proof.faults import run_power_cut_tests
 from builder.proof.sticks import run_stick_tests
 from builder.proof.summary import Summary, print_summary
 from builder.vm.guest import SshAccess, close_master, write_ssh_config
@@ -112,6 +113,7 @@ def run_image_tests(
                 vm.stop()
         if stick:
             run_stick_tests(profile, iso, key, workdir, summary)
+            run_power_cut_tests(profile, iso, key, workdir, summary)
         ok = summary.ok
     except VMError as exc:
         summary.errors.append(str(exc))

@@ -21,7 +21,7 @@ STICK_PASSPHRASE = "neuraldrive image test"
 MARKER = f"{facts.OVERRIDE_DIR}/stick-marker"
 
 
-def _write_test_stick(iso: Path, image: Path, encrypt: bool) -> None:
+def write_test_stick(iso: Path, image: Path, encrypt: bool) -> None:
 
     # Test sticks only: a cheap KDF, since the guest unlocks under TCG emulation where argon2id's
     # host-benchmarked cost (1 GiB, ~2 s natively) takes minutes. Real sticks keep the default.
@@ -47,7 +47,7 @@ def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summa
     and its passphrase typed on the serial console."""
     plain = workdir / "stick.img"
     with complete_step("Writing a test stick image (build.py usb --image)"):
-        _write_test_stick(iso, plain, encrypt=False)
+        write_test_stick(iso, plain, encrypt=False)
     marker = ""
     for firmware in ("bios", "uefi"):
         figures = BootFigures(mode=f"{firmware}-stick")
@@ -83,7 +83,7 @@ def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summa
             vm.stop()
     encrypted = workdir / "stick-luks.img"
     with complete_step("Writing an encrypted test stick image (build.py usb --image --encrypt)"):
-        _write_test_stick(iso, encrypted, encrypt=True)
+        write_test_stick(iso, encrypted, encrypt=True)
     figures = BootFigures(mode="bios-stick-luks")
     summary.boots.append(figures)
     # The default entry: an encrypted stick must not need a menu choice to keep its persistence.
