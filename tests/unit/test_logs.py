@@ -95,6 +95,7 @@ def journal_link(tmp_path: Path, machine_id: str) -> subprocess.CompletedProcess
 def test_every_boots_machine_id_links_to_one_directory(tmp_path: Path) -> None:
     journal = tmp_path / "journal"
     journal.mkdir()
+    journal.chmod(0o2755)  # as journald (and the stick writer) make it: setgid, inherited below
     old = journal / ("0" * 32)
     old.mkdir()  # a boot before the link existed: kept
     first, second = "a" * 32, "b" * 32
