@@ -8,6 +8,10 @@ from typing import Any
 
 from tests.image.helpers import Gateway, wait_until_engine_answers
 
+# A deliberate restart: the suite restarts the engine more often than its start limit (5 in 10 min)
+# allows, which is meant for crash loops, not for tests.
+RESTART_ENGINE = "systemctl reset-failed neuraldrive-ollama.service; systemctl restart neuraldrive-ollama.service"
+
 IDLE_OVERRIDE = "/var/lib/neuraldrive/config/neuraldrive.conf"
 
 
@@ -64,7 +68,7 @@ def test_pinned_model_is_loaded_and_back_after_an_engine_restart(host: Any, gate
             assert time.monotonic() < deadline, "idle manager did not load the pinned model"
             time.sleep(2)
         with host.sudo():
-            host.check_output("systemctl restart neuraldrive-ollama.service")
+            host.check_output(RESTART_ENGINE)
         wait_until_engine_answers(host, timeout=60)
         deadline = time.monotonic() + 60
         while model not in loaded(gateway, api_key):
@@ -177,7 +181,7 @@ def test_cpu_fallback_restarts_the_engine_once_then_is_reported(host: Any, gatew
         host.check_output(f"cp {GPU_ENV} /run/gpu.env.saved && printf '{FAKE_AMD}' > {GPU_ENV}")
         host.check_output(f"if [ -e {ENGINE_OVERRIDE} ]; then cp -p {ENGINE_OVERRIDE} /run/ollama.conf.saved; fi; "
                           f"echo OLLAMA_TESTDOUBLE_CPU_FALLBACK=1 >> {ENGINE_OVERRIDE}; rm -f {GPU_MARK}")
-        host.check_output("systemctl restart neuraldrive-ollama.service")
+        host.check_output(RESTART_ENGINE)
     try:
         wait_until_engine_answers(host, timeout=60)
         load(gateway, api_key, model)
@@ -205,6 +209,6 @@ def test_cpu_fallback_restarts_the_engine_once_then_is_reported(host: Any, gatew
         with host.sudo():
             host.run(f"cp /run/gpu.env.saved {GPU_ENV}; rm -f {GPU_MARK} {ENGINE_OVERRIDE}; "
                      f"if [ -e /run/ollama.conf.saved ]; then mv /run/ollama.conf.saved {ENGINE_OVERRIDE}; fi")
-            host.run("systemctl restart neuraldrive-ollama.service")
+            host.run(RESTART_ENGINE)
             host.run("systemctl reset-failed neuraldrive-healthcheck.service neuraldrive-healthcheck-recover.service")
         wait_until_engine_answers(host, timeout=60)

@@ -130,10 +130,13 @@ def test_bad_setting(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("state", "expected"), [
-    ("active", [["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),
+    ("active", [["systemctl", "reset-failed", "neuraldrive-ollama.service"],
+                ["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),
     ("failed", [["systemctl", "reset-failed", "neuraldrive-ollama.service"],
                 ["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),
-    ("inactive", [["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),  # stopped: bring back
+    # stopped: bring back (its start limit may be used up, hence reset-failed here too)
+    ("inactive", [["systemctl", "reset-failed", "neuraldrive-ollama.service"],
+                  ["systemctl", "restart", "--no-block", "neuraldrive-ollama.service"]]),
     ("activating", []),  # still starting: give it time
     ("deactivating", []),  # mid-stop: the next run will see the result
 ])

@@ -177,9 +177,9 @@ def restart_engine(run: Runner, monitor: Mapping[str, str], mark: Path | None = 
     # down for maintenance, stop neuraldrive-healthcheck.timer first).
     if state in ("activating", "reloading", "deactivating"):
         return Finding("warning", f"{unit} is {state}; not restarting it mid-start")
-    if state == "failed":
-        # A unit that hit its start limit refuses a plain restart until this.
-        run(["systemctl", "reset-failed", unit])
+    # Always: a unit whose start limit is used up refuses a restart until this, also when it is
+    # merely stopped ("inactive") rather than "failed".
+    run(["systemctl", "reset-failed", unit])
     result = run(["systemctl", "restart", "--no-block", unit])
     if not result.ok:
         return Finding("error", f"restarting {unit} failed: {result.reason()}")

@@ -89,7 +89,8 @@ def write_status(path: Path, settings: Settings, gpu_env: Path, run: Runner) -> 
     state = collect(Sources(Client(settings.text("OLLAMA_HOST"), timeout=ENGINE_TIMEOUT_S), gpu_env,
                             Path(STATE_DIR), run, vram_warn=limits.vram_warn, disk_warn=limits.disk_warn))
     try:
-        path.parent.mkdir(mode=0o755, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)
+        path.parent.chmod(0o755)  # the gateway (another user) serves it; the unit's UMask=0077 would not let it
         atomic_write(path, json.dumps(state.to_dict()), mode=0o644)
     except OSError as exc:
         log(f"cannot write {path}: {exc.strerror or exc}", "warning")
