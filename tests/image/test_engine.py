@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import os
+import shlex
+import ssl
 import tarfile
 import time
 from typing import Any
@@ -149,6 +153,50 @@ def test_killed_engine_comes_back_within_15s(host: Any) -> None:
     else:
         pytest.fail("engine not active again 15 s after kill -9")
     wait_until_engine_answers(host)
+
+
+def test_engine_killed_mid_stream_fails_the_request_and_comes_back(host: Any, gateway: Any, api_key: str,
+                                                                   model: str) -> None:
+    """kill -9 while a reply streams through the gateway: the client sees the stream break (never a
+    final "done"), and the engine (with its runner children: KillMode=mixed) is back within 15 s."""
+    override = "/var/lib/neuraldrive/config/ollama.conf"
+    with host.sudo():
+        saved = host.run(f"cat {override}").stdout if host.file(override).exists else None
+        # The double paces its stream (a real engine is still generating 100000 tokens anyway).
+        host.check_output(f"echo OLLAMA_TESTDOUBLE_STREAM_DELAY_MS=2000 >> {override}; "
+                          f"systemctl reset-failed {UNIT}; systemctl restart {UNIT}")
+    try:
+        wait_until_engine_answers(host, timeout=60)
+        context = ssl.create_default_context(cadata=host.file("/var/lib/neuraldrive/tls/ca.crt").content_string)
+        context.check_hostname = False
+        connection = http.client.HTTPSConnection("127.0.0.1", int(os.environ["NEURALDRIVE_GATEWAY_PORT"]),
+                                                 context=context, timeout=60)
+        body = json.dumps({"model": model, "prompt": "count", "options": {"num_predict": 100000}})
+        connection.request("POST", "/api/generate", body, {"Authorization": f"Bearer {api_key}",
+                                                           "Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200
+        lines = [response.readline()]  # the first token: the reply is streaming
+        before = main_pid(host)
+        with host.sudo():
+            host.check_output(f"kill -9 {before}")
+        killed = time.monotonic()
+        try:
+            while line := response.readline():
+                lines.append(line)
+        except (http.client.HTTPException, OSError):
+            pass  # the stream broke: what a client must see
+        connection.close()
+        assert not any(b'"done":true' in line.replace(b" ", b"") for line in lines), lines[-3:]
+        while main_pid(host) in (0, before) or not host.service(UNIT).is_running:
+            assert time.monotonic() - killed < 15, "engine not back 15 s after kill -9"
+            time.sleep(1)
+    finally:
+        with host.sudo():
+            host.check_output(f"printf %s {shlex.quote(saved)} > {override}" if saved is not None
+                              else f"rm -f {override}")
+            host.check_output(f"systemctl reset-failed {UNIT}; systemctl restart {UNIT}")
+        wait_until_engine_answers(host, timeout=60)
 
 
 def test_persistent_override_changes_a_setting(host: Any) -> None:

@@ -356,3 +356,13 @@ def test_cpu_fallback_reports_no_vram(ollama_double: Any) -> None:
     call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": -1})
     [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
     assert loaded["size_vram"] == 0 and loaded["size"] > 0
+
+
+@pytest.mark.double_env(OLLAMA_TESTDOUBLE_STREAM_DELAY_MS="300")
+def test_stream_delay_paces_each_streamed_chunk(ollama_double: Any) -> None:
+    """For fault tests: a reply that is still streaming when the engine is killed."""
+    ollama_double.add_model("tiny", size=5000)
+    started = time.monotonic()
+    status, _headers, raw = request("POST", ollama_double.url + "/api/generate", {"model": "tiny", "prompt": "hi"})
+    assert status == 200 and len(raw.splitlines()) == 4  # three tokens and the final line
+    assert time.monotonic() - started >= 4 * 0.3
