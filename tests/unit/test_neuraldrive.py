@@ -298,10 +298,19 @@ def test_status_lists_every_instance(tmp_path: Path, ollama_double: OllamaDouble
     ollama.Client(ollama_double.host).load("tiny")
     run = FakeRunner({("systemctl", "is-active", "neuraldrive-ollama@gpu0.service"): (0, "active\n", ""),
                       ("systemctl", "is-active", "neuraldrive-ollama@gpu1.service"): (3, "failed\n", "")})
-    lines = instances.status_lines(common.Settings({}), run)
-    assert len(lines) == 2
-    assert lines[0].split()[:3] == ["Instances", "gpu0", "active"] and lines[0].endswith("tiny:latest")
-    assert lines[1].split()[:2] == ["gpu1", "failed"] and "not answering" in lines[1]
+    gpu0, gpu1 = instances.collect(common.Settings({}), run)
+    assert (gpu0.name, gpu0.unit_state, gpu0.health, gpu0.engine.state) == ("gpu0", "active", "ok", "running")
+    assert [m.name for m in gpu0.engine.loaded] == ["tiny:latest"] and gpu0.url == f"http://{ollama_double.host}"
+    assert (gpu1.unit_state, gpu1.health, gpu1.engine.state) == ("failed", "error", "down")
+    ctx, out, _ = context(tmp_path, ollama_double.host, run=run)
+    assert admin.main(["status", "--json"], ctx) == 0
+    shown = json.loads(out.getvalue())
+    assert [(i["name"], i["health"], [m["name"] for m in i["engine"]["loaded"]]) for i in shown["instances"]] == [
+        ("gpu0", "ok", ["tiny:latest"]), ("gpu1", "error", [])]
+    assert "error: instance gpu1: engine not answering" in " ".join(shown["health_findings"])
     ctx, out, _ = context(tmp_path, ollama_double.host, run=run)
     admin.main(["status"], ctx)
+    lines = out.getvalue().splitlines()
+    assert any(line.split()[:3] == ["Instances", "gpu0", "active"] and line.endswith("tiny:latest") for line in lines)
+    assert any(line.split()[:2] == ["gpu1", "failed"] and "not answering" in line for line in lines)
     assert "Instances gpu0" in out.getvalue()

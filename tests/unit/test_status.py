@@ -9,10 +9,15 @@ from typing import Any
 from tests.fixtures.gpu import FakeRunner, lib
 
 status = lib("status")
+status_gpus = lib("status_gpus")
+status_text = lib("status_text")
 gpu = lib("gpu")
+gpu_detect = lib("gpu_detect")
 ollama = lib("ollama")
 
 ENGINE = Path(__file__).resolve().parents[1] / "fixtures" / "engine"
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "gpu"
+DRM_TREE = SAMPLES / "sysfs-drm-amd-intel" / "class" / "drm"
 
 
 class RecordedClient(ollama.Client):  # type: ignore[misc]
@@ -40,15 +45,16 @@ def sources(tmp_path: Path, gpu_env: Path, run: Any, **kw: Any) -> Any:
                           clock=lambda: 1_700_000_000.0, boot_clock=lambda: 93_780.0, **kw)
 
 
-NVIDIA_SMI = {("nvidia-smi", "--query-gpu=index,name,memory.used,memory.total"):
-              (0, "0, NVIDIA GeForce RTX 4090, 9800, 24564\n", ""),
+NVIDIA_SMI = {("nvidia-smi", "--query-gpu=index,pci.bus_id,name,memory.used,memory.total"):
+              (0, "0, 00000000:01:00.0, NVIDIA GeForce RTX 4090, 9800, 24564\n", ""),
               ("nvidia-smi", "--query-gpu=memory.used,memory.total"): (0, "9800, 24564\n", "")}
 
 
 def test_collect_from_recorded_answers(tmp_path: Path) -> None:
     state = status.collect(sources(tmp_path, nvidia_env(tmp_path), FakeRunner(dict(NVIDIA_SMI))))
     assert (state.engine_state, state.engine_version, state.gpu_backend) == ("running", "0.32.7", "cuda")
-    assert state.gpus == [status.Gpu(0, "NVIDIA GeForce RTX 4090", 9800 * 2**20, 24564 * 2**20)]
+    assert state.gpus == [status.Gpu(0, "0000:01:00.0", "nvidia", "NVIDIA GeForce RTX 4090", 9800 * 2**20,
+                                     24564 * 2**20)]
     mistral, qwen = state.loaded
     assert (mistral.name, mistral.size, mistral.vram_share, mistral.quantization) == (
         "mistral:latest", 5137025024, 1.0, "Q4_0")
@@ -70,32 +76,77 @@ def test_engine_down_is_reported_not_raised(tmp_path: Path) -> None:
     assert state.engine_state == "down" and "Connection refused" in (state.engine_error or "")
     assert state.health == "error" and state.loaded == [] and state.gpus == []
     assert state.gpu_backend == "unknown" and state.vram_used is None
-    text = status.render_text(state, "http://127.0.0.1:11434")
+    text = status_text.render_text(state, "http://127.0.0.1:11434")
     assert "Engine    not answering at http://127.0.0.1:11434" in text
     assert "Health    error" in text
 
 
-def test_amd_vram_from_sysfs_and_models_share(tmp_path: Path) -> None:
-    card = tmp_path / "drm" / "card1" / "device"
-    card.mkdir(parents=True)
-    (card / "mem_info_vram_total").write_text("17163091968\n")
-    (card / "mem_info_vram_used").write_text("5368709120\n")
+def detected_env(tmp_path: Path, lspci: str, loaded: bool = True) -> Path:
+    """gpu.env as gpu-detect writes it for a recorded lspci -nn listing."""
+    found = gpu.detect(gpu.parse_lspci((SAMPLES / lspci).read_text()), ("nvidia", "amd", "intel"))
     env = tmp_path / "gpu.env"
-    env.write_text(gpu.GpuState(present=("amd",), vendor="amd", count=1, driver="loaded", backend="vulkan").render())
-    state = status.collect(sources(tmp_path, env, FakeRunner({}), drm=tmp_path / "drm"))
-    assert state.gpus == [status.Gpu(0, "card1", 5368709120, 17163091968)]
-    # No tool says anything about an Intel GPU: VRAM used is what the loaded models hold there.
-    env.write_text(gpu.GpuState(present=("intel",), vendor="intel", count=1, driver="loaded",
-                                backend="vulkan").render())
-    state = status.collect(sources(tmp_path, env, FakeRunner({}), drm=tmp_path / "drm"))
-    assert state.gpus == [] and state.vram_used == 5137025024 + 4800000000
+    backends = {v.name: v.backend for v in gpu.VENDORS}
+    drivers = {found.chosen.name: loaded} if found.chosen else {}
+    env.write_text(gpu_detect.gpu_state(found, drivers, backends).render())
+    return env
+
+
+def test_each_nvidia_gpu_from_nvidia_smi_by_pci_slot(tmp_path: Path) -> None:
+    """Four A100s in gpu.env; nvidia-smi reports three (one without memory figures, one missing)."""
+    run = FakeRunner({status_gpus.NVIDIA_QUERY: (0, (SAMPLES / "nvidia-smi-a100x4.csv").read_text(), "")})
+    state = status.collect(sources(tmp_path, detected_env(tmp_path, "lspci-nvidia-multi.txt"), run))
+    a100, gib40 = "NVIDIA A100-PCIE-40GB", 40960 * 2**20
+    assert state.gpus == [status.Gpu(0, "0000:17:00.0", "nvidia", a100, 20511 * 2**20, gib40),
+                          status.Gpu(1, "0000:65:00.0", "nvidia", a100, 4 * 2**20, gib40),
+                          status.Gpu(2, "0000:b3:00.0", "nvidia", a100, None, None),
+                          status.Gpu(3, "0000:ca:00.0", "nvidia", "10de:20f1", None, None)]
+    assert state.vram_used == (20511 + 4) * 2**20
+    lines = status_text.render_text(state, "http://127.0.0.1:11434")
+    assert "          gpu 3 0000:ca:00.0 10de:20f1: VRAM unknown" in lines
+    assert f"          gpu 0 0000:17:00.0 {a100}: VRAM 20.0 GiB of 40.0 GiB" in lines
+
+
+def test_nvidia_driver_missing_lists_the_cards_without_asking(tmp_path: Path) -> None:
+    run = FakeRunner({})
+    state = status.collect(sources(tmp_path, detected_env(tmp_path, "lspci-nvidia-multi.txt", loaded=False), run))
+    assert [(g.slot, g.vram_total) for g in state.gpus] == [
+        ("0000:17:00.0", None), ("0000:65:00.0", None), ("0000:b3:00.0", None), ("0000:ca:00.0", None)]
+    assert run.commands("nvidia-smi") == []
+
+
+def test_amd_vram_from_sysfs(tmp_path: Path) -> None:
+    state = status.collect(sources(tmp_path, detected_env(tmp_path, "lspci-amd.txt"), FakeRunner({}),
+                                   drm=DRM_TREE))
+    assert state.gpus == [status.Gpu(0, "0000:03:00.0", "amd", "1002:744c", 1288490188, 25753026560)]
+    assert state.vram_used == 1288490188  # what the card says, not the models' sum
+    assert status_gpus.read_sysfs(DRM_TREE).keys() == {"0000:00:02.0", "0000:03:00.0"}  # cards only
+
+
+def test_intel_igpu_has_a_row_without_vram(tmp_path: Path) -> None:
+    state = status.collect(sources(tmp_path, detected_env(tmp_path, "lspci-intel-igpu.txt"), FakeRunner({}),
+                                   drm=DRM_TREE))
+    assert state.gpus == [status.Gpu(0, "0000:00:02.0", "intel", "8086:46a6", None, None)]
+    # No figure from the driver: VRAM used is what the loaded models hold there.
+    assert state.vram_used == 5137025024 + 4800000000
+    assert json.loads(json.dumps(state.to_dict()))["gpus"][0]["vram_total"] is None
+
+
+def test_cpu_machine_has_no_gpu_rows(tmp_path: Path) -> None:
+    state = status.collect(sources(tmp_path, detected_env(tmp_path, "lspci-none-qemu.txt"), FakeRunner({}),
+                                   drm=DRM_TREE))
+    assert state.gpus == [] and state.gpu_backend == "cpu" and state.vram_used is None
+
+
+def test_nvidia_smi_names_with_commas_and_short_lines() -> None:
+    readings = status_gpus.parse_nvidia_smi("0, 00000000:01:00.0, Tesla, rev 2, 10, 20\ngarbage\n")
+    assert readings == {"0000:01:00.0": status_gpus.Reading("Tesla, rev 2", 10 * 2**20, 20 * 2**20)}
 
 
 def test_render_text(tmp_path: Path) -> None:
     state = status.collect(sources(tmp_path, nvidia_env(tmp_path), FakeRunner(dict(NVIDIA_SMI))))
-    lines = status.render_text(state, "http://127.0.0.1:11434")
+    lines = status_text.render_text(state, "http://127.0.0.1:11434")
     assert lines[0] == "GPU       nvidia x1, driver loaded, backend cuda (0000:01:00.0:10de:2684)"
-    assert lines[1] == "          gpu 0 NVIDIA GeForce RTX 4090: VRAM 9.6 GiB of 24.0 GiB"
+    assert lines[1] == "          gpu 0 0000:01:00.0 NVIDIA GeForce RTX 4090: VRAM 9.6 GiB of 24.0 GiB"
     assert "Engine    Ollama 0.32.7 at http://127.0.0.1:11434" in lines
     assert any(line.startswith("Loaded    mistral:latest") and "(100%)" in line and "until 2024-06-04 14:38"
                in line for line in lines)
@@ -107,5 +158,6 @@ def test_render_text(tmp_path: Path) -> None:
 def test_unreadable_nvidia_smi_leaves_gpus_unknown(tmp_path: Path) -> None:
     run = FakeRunner({("nvidia-smi",): (9, "", "NVIDIA-SMI has failed")})
     state = status.collect(sources(tmp_path, nvidia_env(tmp_path), run))
-    assert state.gpus == [] and state.health in ("warning", "error")  # the health check decides how bad
+    assert [(g.slot, g.name, g.vram_used) for g in state.gpus] == [("0000:01:00.0", "10de:2684", None)]
+    assert state.health in ("warning", "error")  # the health check decides how bad
     assert state.vram_used == 5137025024 + 4800000000

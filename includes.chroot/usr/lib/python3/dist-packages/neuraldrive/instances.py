@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from .common import ConfigError, Runner, Settings, read_env_file
-from .ollama import Client, EngineError, entry_name
+from .engine_state import ENGINE_TIMEOUT_S, EngineState, ask
+from .ollama import Client
 
 INSTANCES_DIR = "/etc/neuraldrive/instances"
 OVERRIDE_DIR = "/var/lib/neuraldrive/config"
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
-ENGINE_TIMEOUT_S = 3.0  # per instance, so `neuraldrive status` stays quick with a hung one
 
 
 class _HasSettings(Protocol):
@@ -62,17 +63,27 @@ def settings_for(base: Settings, name: str, directory: str | Path | None = None,
     return Settings(values)
 
 
-def status_lines(base: Settings, run: Runner, directory: str | Path | None = None,
-                 override_dir: str | Path | None = None) -> list[str]:
-    """One line per instance for `neuraldrive status`: unit state, address, loaded models."""
-    lines: list[str] = []
+@dataclass
+class Instance:
+    """One engine instance in the status (routed by the gateway at /i/NAME/)."""
+
+    name: str
+    unit: str
+    unit_state: str  # systemctl is-active: active | failed | ... | unknown
+    url: str  # where the instance listens (loopback)
+    engine: EngineState
+    health: str  # ok (answering) | error (its unit is not active, or it does not answer)
+
+
+def collect(base: Settings, run: Runner, directory: str | Path | None = None,
+            override_dir: str | Path | None = None) -> list[Instance]:
+    """Every instance's unit state, address, engine answer and loaded models."""
+    found = []
     for name in names(directory):
         state = run(["systemctl", "is-active", unit(name)]).stdout.strip() or "unknown"
         client = Client(settings_for(base, name, directory, override_dir).text("OLLAMA_HOST"),
                         timeout=ENGINE_TIMEOUT_S)
-        try:
-            loaded = ", ".join(sorted(entry_name(m) for m in client.ps())) or "no model loaded"
-        except EngineError as exc:
-            loaded = f"not answering ({exc})"
-        lines.append(f"{'Instances' if not lines else '':<10}{name:<12} {state:<9} {client.url}  {loaded}")
-    return lines
+        engine = ask(client)
+        healthy = engine.state == "running" and state in ("active", "unknown")
+        found.append(Instance(name, unit(name), state, client.url, engine, "ok" if healthy else "error"))
+    return found

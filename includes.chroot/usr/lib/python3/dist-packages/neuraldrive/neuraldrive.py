@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import bench, healthcheck, instances, logs, status
+from . import bench, healthcheck, instances, logs, status, status_text
 from .appliance import api_urls, read_api_key
 from .common import (
     ConfigError,
@@ -82,7 +82,7 @@ def status_sources(ctx: Context) -> status.Sources:
     limits = healthcheck.Limits.from_settings(ctx.settings)
     return status.Sources(Client(ctx.settings.text("OLLAMA_HOST"), timeout=status.ENGINE_TIMEOUT_S),
                           ctx.gpu_env, ctx.state_dir, ctx.run, vram_warn=limits.vram_warn,
-                          disk_warn=limits.disk_warn)
+                          disk_warn=limits.disk_warn, settings=ctx.settings)
 
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
@@ -99,7 +99,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     else:
         for i, (unit, state_) in enumerate(services):
             ctx.say(f"{'Services' if i == 0 else '':<10}{unit:<40} {state_}")
-    for line in [*status.render_text(state, ctx.client.url), *instances.status_lines(ctx.settings, ctx.run)]:
+    for line in status_text.render_text(state, ctx.client.url):
         ctx.say(line)
     if state.engine_state == "down":
         return fail(PROG, f"{state.engine_error}; see systemctl status {ENGINE_UNIT}")
