@@ -31,16 +31,20 @@ from builder.vm.machine import VM, BootSpec
 from builder.vm.media import make_persistence_disk
 
 
-def key_for_iso(iso: Path) -> Path:
-    return iso.with_name(iso.name + ".ssh-key")
-
-
-def run_pytest(phase: str, access: SshAccess, vm: VM, env: dict[str, str], workdir: Path) -> tuple[int, int, int]:
-    junit = workdir / f"junit-{phase}.xml"
+def pytest_command(phase: str, access: SshAccess, junit: Path, select: str | None = None) -> list[str]:
+    """`select` (build.py test -k) narrows the full suite in both its phases: an after-reboot check needs
+    the marks its first-boot half left, so the two halves are selected together."""
     marker = "after_reboot" if phase == "after-reboot" else "not after_reboot"
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests/image"), "-p", "no:cacheprovider", "-q",
            "-m", marker, f"--ssh-config={access.config}", f"--hosts=ssh://{access.target}",
            f"--junitxml={junit}", "--rootdir", str(ROOT), "-o", "testpaths=tests/image"]
+    return [*cmd, "-k", select] if select else cmd
+
+
+def run_pytest(phase: str, access: SshAccess, vm: VM, env: dict[str, str], workdir: Path,
+               select: str | None = None) -> tuple[int, int, int]:
+    junit = workdir / f"junit-{phase}.xml"
+    cmd = pytest_command(phase, access, junit, select)
     full_env = {**os.environ, **env, "NEURALDRIVE_GATEWAY_PORT": str(vm.forwards.gateway),
                 "NEURALDRIVE_ENGINE_FORWARD_PORT": str(vm.forwards.engine),
                 "NEURALDRIVE_SERIAL_LOG": str(vm.serial_log), "NEURALDRIVE_SSH_CONFIG": str(access.config)}
@@ -62,6 +66,7 @@ def run_image_tests(
     out_dir: Path,
     accel: str,
     stick: bool = True,
+    select: str | None = None,
 ) -> Summary:
     summary = Summary(iso=str(iso))
     workdir = Path(tempfile.mkdtemp(prefix="neuraldrive-test-"))
@@ -87,7 +92,7 @@ def run_image_tests(
                 info(f"  login prompt {figures.login_prompt_s}s, SSH {figures.ssh_s}s, "
                      f"gateway ready {figures.gateway_ready_s}s after QEMU start ({vm.accel})")
                 with complete_step(f"Running tests/image ({phase})"):
-                    passed, failed, skipped = run_pytest(phase, access, vm, env, workdir)
+                    passed, failed, skipped = run_pytest(phase, access, vm, env, workdir, select)
                 summary.passed += passed
                 summary.failed += failed
                 summary.skipped += skipped

@@ -5,6 +5,7 @@ and a per-run SSH key authorised in the profile. Proof images are measured or te
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from builder.proof.server import serve_files
 from builder.proof.summary import Summary
 from builder.vm.guest import generate_key
 from builder.vm.machine import FIRMWARES, MEDIA
+
+REAL_ARCHIVE_ENV = "NEURALDRIVE_OLLAMA_ARCHIVE"  # a real archive instead of the test double
 
 
 @dataclass(frozen=True)
@@ -73,23 +76,45 @@ def key_for_iso(iso: Path) -> Path:
     return iso.with_name(iso.name + ".ssh-key")
 
 
-def prove_image(profile_name: str, iso: Path | None, out_dir: Path, cache_dir: Path, modes: str, accel: str,
-                offline: bool, use_cache: bool, stick: bool, real_archive: Path | None) -> Summary:
-    """`build.py test`: build the profile's test ISO (unless `iso` is given) and run the image tests on it."""
-    mode_list = parse_modes(modes)
-    with test_run(load_profile(profile_name), real_archive, with_key=iso is None, prefix="neuraldrive-run-") as run:
+@dataclass(frozen=True)
+class ProofRequest:
+    """`build.py test`'s options."""
+
+    iso: Path | None  # None: build the profile's test ISO first
+    profile_name: str
+    out_dir: Path
+    cache_dir: Path
+    modes: str
+    accel: str
+    offline: bool
+    use_cache: bool
+    stick: bool
+    real_archive: Path | None
+    select: str | None = None  # pytest -k expression for the main boot's image suite
+
+
+def prove_image(request: ProofRequest) -> Summary:
+    """`build.py test`: build the profile's test ISO (unless `request.iso`) and run the image tests on it."""
+    mode_list = parse_modes(request.modes)
+    iso = request.iso
+    with test_run(load_profile(request.profile_name), request.real_archive, with_key=iso is None,
+                  prefix="neuraldrive-run-") as run:
         if iso is None:
             assert run.key is not None
-            iso = build_iso(run.profile, out_dir, cache_dir, run.build_options(offline), use_cache=use_cache).iso
+            iso = build_iso(run.profile, request.out_dir, request.cache_dir, run.build_options(request.offline),
+                            use_cache=request.use_cache).iso
             shutil.copyfile(run.key, key_for_iso(iso))
             key_for_iso(iso).chmod(0o600)
         elif not key_for_iso(iso).is_file():
             raise VMError(f"{iso}: no {key_for_iso(iso).name} beside it: test only ISOs built by `build.py test`")
-        return run_image_tests(run.profile, iso, key_for_iso(iso), run.archive, mode_list, out_dir, accel, stick)
+        return run_image_tests(run.profile, iso, key_for_iso(iso), run.archive, mode_list, request.out_dir,
+                               request.accel, request.stick, request.select)
 
 
-def measure(profile_name: str, out_dir: Path, boot_runs: int, modes: str, real_archive: Path | None) -> None:
-    """`build.py bench`: cold and warm builds and boots of the profile, with the test double (or a real archive)."""
+def measure(profile_name: str, out_dir: Path, boot_runs: int, modes: str) -> None:
+    """`build.py bench`: cold and warm builds and boots of the profile, with the test double (or the real
+    archive NEURALDRIVE_OLLAMA_ARCHIVE names)."""
+    real_archive = Path(os.environ[REAL_ARCHIVE_ENV]) if os.environ.get(REAL_ARCHIVE_ENV) else None
     mode_list = parse_modes(modes)
     profile = load_profile(profile_name)
     with test_run(profile, real_archive, with_key=profile.ssh.enabled, prefix="neuraldrive-bench-run-") as run:
