@@ -18,6 +18,16 @@ OLLAMA_BIN: Final = "/usr/local/bin/ollama"
 OLLAMA_LIB: Final = "/usr/local/lib/ollama"
 OLLAMA_PORT: Final = 11434
 
+# llama.cpp's server from the same verified archive (lib/ollama/llama-server), as its own engine:
+# its own user (reads the model store through the engine's group, never writes it), loopback port.
+LLAMA_USER: Final = "neuraldrive-llama"
+LLAMA_UID: Final = 904
+LLAMA_BIN: Final = "/usr/local/lib/ollama/llama-server"
+LLAMA_PORT: Final = 11440
+LLAMA_UNIT: Final = "neuraldrive-llama-server.service"
+# Its settings: the image's (rendered from the profile), then the persistent override (wins).
+LLAMA_CONF_FILES: Final = ("/etc/neuraldrive/llama-server.conf", "/var/lib/neuraldrive/config/llama-server.conf")
+
 ETC_DIR: Final = "/etc/neuraldrive"
 # The in-image programs the units run (their logic: the neuraldrive package in Debian's python3 path).
 PROGRAM_DIR: Final = "/usr/lib/neuraldrive"

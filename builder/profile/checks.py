@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from builder import facts
 from builder.errors import ProfileError
+from builder.profile.llama_checks import check_llama_server
 from builder.profile.sshkeys import read_authorized_keys
 from builder.profile.strict_yaml import shown
 
@@ -101,6 +102,7 @@ def check_profile(p: Profile, path: Path) -> None:
     _check_image_and_debian(p, bad)
     _check_gpu(p, bad)
     _check_ollama(p, bad)
+    check_llama_server(p.llama_server, bad)
     _check_ports(p, bad)
     for pkg in p.packages:
         need(_PKG, pkg, "packages", "is not a Debian package name")
@@ -208,7 +210,7 @@ def _check_ollama(p: Profile, bad: Any) -> None:
 
 
 def _check_ports(p: Profile, bad: Any) -> None:
-    taken = {ENGINE_PORT: f"the engine ({ENGINE_PORT})"}
+    taken = {ENGINE_PORT: f"the engine ({ENGINE_PORT})", facts.LLAMA_PORT: f"llama-server ({facts.LLAMA_PORT})"}
     if p.ssh.enabled:
         taken[SSH_PORT] = f"SSH ({SSH_PORT})"
     if p.gateway.port in taken:

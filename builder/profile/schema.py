@@ -102,6 +102,26 @@ class Ollama:
 
 
 @dataclass(frozen=True)
+class LlamaServer:
+    """llama.cpp's server (lib/ollama/llama-server of the engine archive) serving one GGUF model.
+
+    One process, one model: see docs/appliance.md (llama.cpp engine) for why not router mode.
+    None: llama-server's own default.
+    """
+
+    enabled: bool = False
+    # An Ollama model name (name[:tag], its GGUF weights blob) or a .gguf path under the model store.
+    model: str = ""
+    n_gpu_layers: int | None = None  # -ngl
+    ctx_size: int | None = None  # -c
+    batch_size: int | None = None  # -b
+    threads: int | None = None  # -t
+    flash_attn: str = "auto"  # -fa on|off|auto
+    parallel: int | None = None  # -np
+    embeddings: bool = False  # --embeddings: /v1/embeddings answers only with it
+
+
+@dataclass(frozen=True)
 class IdleManager:
     enabled: bool = True
     idle_timeout: int = 300
@@ -149,6 +169,7 @@ class Profile:
     debian: Debian = field(default_factory=Debian)
     gpu: Gpu = field(default_factory=Gpu)
     ollama: Ollama = field(default_factory=Ollama)
+    llama_server: LlamaServer = field(default_factory=LlamaServer)
     idle: IdleManager = field(default_factory=IdleManager)
     healthcheck: HealthCheck = field(default_factory=HealthCheck)
     gateway: Gateway = field(default_factory=Gateway)

@@ -48,6 +48,7 @@ BASE: dict[str, Any] = {
         "extra_env": {"FOO": "bar"},
         "instances": [{"name": "a", "port": 11500, "gpus": "1", "models_dir": "/var/lib/neuraldrive/m"}],
     },
+    "llama_server": {"enabled": True, "model": "tiny:latest", "flash_attn": "auto"},
     "preload": {"store": "store", "models": []},
     "packages": ["curl"],
 }
@@ -237,7 +238,8 @@ def test_every_string_field_is_fuzzed() -> None:
     names = {".".join(str(p) for p in path) for path in STRING_PATHS}
     for expected in ("description", "image.hostname", "ollama.keep_alive", "ollama.extra_env.<key>",
                      "ollama.extra_env.<value>", "ollama.instances.0.models_dir", "packages.0",
-                     "debian.mirrors.chroot", "ssh.authorized_keys", "gpu.amd.backend"):
+                     "debian.mirrors.chroot", "ssh.authorized_keys", "gpu.amd.backend",
+                     "llama_server.model", "llama_server.flash_attn"):
         assert expected in names
     assert len(STRING_PATHS) >= 25
 
@@ -277,6 +279,9 @@ def test_accepted_values_render_without_raw_control_characters(
         body = hook.split("<<'CONF'\n", 1)[1].split("\nCONF\n", 1)[0]
         assert systemd_env(body)["OLLAMA_MODELS"] == (profile.ollama.instances[0].models_dir
                                                       or "/var/lib/neuraldrive/instances/a/models/")
+        llama = systemd_env((tree / INCLUDES / "etc/neuraldrive/llama-server.conf").read_text(encoding="utf-8"))
+        assert llama["NEURALDRIVE_LLAMA_MODEL"] == profile.llama_server.model
+        assert llama["NEURALDRIVE_LLAMA_FLASH_ATTN"] == profile.llama_server.flash_attn
 
 
 @settings(SETTINGS, max_examples=300)
