@@ -264,7 +264,7 @@ def test_units_exposure_within_thresholds(verify_roots: dict[str, Path], name: s
         if not unit.endswith(".service"):
             continue
         score, _ = unitcheck.exposure(root, unit)
-        limit = 2.0 if unit.startswith("neuraldrive-ollama") else 1.5
+        limit = 2.0 if unit.startswith(("neuraldrive-ollama", "neuraldrive-llama-server")) else 1.5
         table.append(f"{unit:<40} {score:4.1f}  (limit {limit})")
         if score > limit:
             failures.append(unit)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import bench, healthcheck, instances, logs, status, status_text
+from . import bench, healthcheck, instances, llama_server, logs, status, status_text
 from .appliance import api_urls, read_api_key
 from .common import (
     ConfigError,
@@ -99,11 +99,19 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     else:
         for i, (unit, state_) in enumerate(services):
             ctx.say(f"{'Services' if i == 0 else '':<10}{unit:<40} {state_}")
-    for line in status_text.render_text(state, ctx.client.url):
+    for line in [*status_text.render_text(state, ctx.client.url), *filter(None, [llama_server.status_line(ctx.run)])]:
         ctx.say(line)
     if state.engine_state == "down":
         return fail(PROG, f"{state.engine_error}; see systemctl status {ENGINE_UNIT}")
     return 1 if state.engine_state == "error" else 0
+
+
+def cmd_llama(ctx: Context, _args: argparse.Namespace) -> int:
+    line = llama_server.status_line(ctx.run)
+    if line is None:
+        return fail(PROG, "llama: this image does not run llama.cpp's server (profile llama_server.enabled)")
+    ctx.say(line)
+    return 0 if line.endswith("  ready") else 1
 
 
 def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:
@@ -240,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     unload.add_argument("models", nargs="*", metavar="MODEL")
     unload.add_argument("--all", action="store_true", help="every loaded model")
     unload.set_defaults(handler=cmd_unload)
+    sub.add_parser("llama", help="llama.cpp's server: its model and whether it is ready (exit 0 ready)"
+                   ).set_defaults(handler=cmd_llama)
     sub.add_parser("health", help="run the health check (exit 0 ok, 1 failed, 3 warnings)"
                    ).set_defaults(handler=cmd_health)
     key = sub.add_parser("key", help="the API key clients must send")
