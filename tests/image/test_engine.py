@@ -132,7 +132,8 @@ def test_engine_defaults_reach_the_process(host: Any) -> None:
 
 @pytest.mark.parametrize("unit", ["neuraldrive-ollama.service", "neuraldrive-caddy.service",
                                   "neuraldrive-firstboot.service", "neuraldrive-gpu-detect.service",
-                                  "neuraldrive-gpu-idle.service", "neuraldrive-issue.service"])
+                                  "neuraldrive-gpu-idle.service", "neuraldrive-issue.service",
+                                  "neuraldrive-status.service"])
 def test_exposure_on_the_guest(host: Any, unit: str) -> None:
     with host.sudo():
         out = host.run(f"systemd-analyze security --no-pager {unit}").stdout

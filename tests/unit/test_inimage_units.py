@@ -26,8 +26,8 @@ UNIT_DIR = CHROOT / "etc/systemd/system"
 UNITS = ("neuraldrive-gpu-detect.service", "neuraldrive-gpu-tune.service",
          "neuraldrive-gpu-idle.service", "neuraldrive-healthcheck.service",
          "neuraldrive-healthcheck-recover.service", "neuraldrive-healthcheck.timer",
-         "neuraldrive-issue.service", "neuraldrive-issue.timer")
-PROGRAMS = ("gpu-detect", "gpu-tune", "gpu-idle", "healthcheck", "issue-refresh")
+         "neuraldrive-issue.service", "neuraldrive-issue.timer", "neuraldrive-status.service")
+PROGRAMS = ("gpu-detect", "gpu-tune", "gpu-idle", "healthcheck", "issue-refresh", "status-page")
 MAX_EXPOSURE = 1.5
 HOST_UNITS = Path("/usr/lib/systemd/system")
 

@@ -94,19 +94,3 @@ def test_help() -> None:
                             env=clean_env(), capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0
     assert "/etc/issue" in result.stdout
-
-
-def test_page_status_is_readable_by_the_gateway_under_the_units_umask(tmp_path: Path) -> None:
-    """The unit runs with UMask=0077; the gateway (another user) must still read the page's status."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    target = run_dir / "page" / "status.json"
-    old = os.umask(0o077)
-    try:
-        issue.write_status(target, lib("common").Settings({"OLLAMA_HOST": "127.0.0.1:9"}), tmp_path / "gpu.env",
-                           FakeRunner())
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o755
-    assert stat.S_IMODE(target.stat().st_mode) == 0o644
-    assert json.loads(target.read_text())["engine_state"] == "down"

@@ -7,7 +7,6 @@ status. Run by a timer, so a new DHCP address shows up within a minute.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -16,17 +15,13 @@ from pathlib import Path
 from .appliance import api_urls, read_api_key
 from .common import ConfigError, Runner, Settings, atomic_write, fail, log, run_command
 from .gpu import read_gpu_state
-from .healthcheck import Limits
 from .ollama import Client, EngineError
-from .paths import API_KEY_FILE, GPU_ENV, RUN_DIR, STATE_DIR
-from .status import Sources, collect
+from .paths import API_KEY_FILE, GPU_ENV
 
 PROG = "issue-refresh"
 ISSUE = "/etc/issue"
 # The console must not wait on a hung engine.
 ENGINE_TIMEOUT_S = 3.0
-# The operator page's status (served by the gateway behind the key check as /nd/status.json).
-STATUS_JSON = f"{RUN_DIR}/page/status.json"
 
 
 def _plain(text: str) -> str:
@@ -76,24 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"where the API key is (default {API_KEY_FILE})")
     parser.add_argument("--gpu-env", type=Path, default=Path(GPU_ENV), metavar="FILE",
                         help=f"GPU facts to show (default {GPU_ENV})")
-    parser.add_argument("--status-json", type=Path, default=Path(STATUS_JSON), metavar="FILE",
-                        help=f"where to write the status as JSON for the page (default {STATUS_JSON})")
     return parser
-
-
-def write_status(path: Path, settings: Settings, gpu_env: Path, run: Runner) -> None:
-    """The same status `neuraldrive status --json` prints; not a secret (no key in it)."""
-    if not path.parent.parent.is_dir():
-        return  # no /run/neuraldrive: not on the appliance (gpu-detect makes it at boot)
-    limits = Limits.from_settings(settings)
-    state = collect(Sources(Client(settings.text("OLLAMA_HOST"), timeout=ENGINE_TIMEOUT_S), gpu_env,
-                            Path(STATE_DIR), run, vram_warn=limits.vram_warn, disk_warn=limits.disk_warn))
-    try:
-        path.parent.mkdir(exist_ok=True)
-        path.parent.chmod(0o755)  # the gateway (another user) serves it; the unit's UMask=0077 would not let it
-        atomic_write(path, json.dumps(state.to_dict()), mode=0o644)
-    except OSError as exc:
-        log(f"cannot write {path}: {exc.strerror or exc}", "warning")
 
 
 def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
@@ -115,10 +93,6 @@ def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
     if str(args.output) == "-":
         print(text, end="")
         return 0
-    try:
-        write_status(args.status_json, settings, args.gpu_env, run)
-    except ConfigError as exc:
-        log(f"status not written: {exc}", "warning")
     try:
         if args.output.read_text(encoding="utf-8") == text:
             return 0  # unchanged: do not make getty redraw every minute
