@@ -19,12 +19,16 @@ import pytest
 from builder.profile import load_profile
 from builder.proof.ollama_double import SCRIPT, write_model
 from tests.conftest import _free_port, _wait_ready
-from tests.fixtures.gpu import CHROOT, clean_env, lib
+from tests.fixtures.gpu import CHROOT, FakeRunner, clean_env, lib
 from tests.unit.test_gateway_auth import ADMIN, API, CADDY, _request, auth_socket, keys  # noqa: F401
 from tests.unit.test_inimage_units import render
 
 status = lib("status")
+status_gpus = lib("status_gpus")
+gpu = lib("gpu")
+common = lib("common")
 ollama = lib("ollama")
+A100_SMI = (Path(__file__).resolve().parents[1] / "fixtures" / "gpu" / "nvidia-smi-a100x4.csv").read_text()
 WWW = CHROOT / "usr/share/neuraldrive/www"
 SHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots"
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -58,9 +62,17 @@ def site(tmp_path: Path, auth_socket: Path, engine: str) -> Iterator[str]:  # no
         pytest.skip("caddy not installed (scripts/setup-host installs it)")
     page = tmp_path / "page"
     page.mkdir()
+    # Two A100s (nvidia-smi's recorded answer) and two instances, one answering (the double), one not.
     gpu_env = tmp_path / "gpu.env"
-    gpu_env.write_text("NEURALDRIVE_GPU_VENDOR=none\nNEURALDRIVE_GPU_BACKEND=cpu\n")
-    state = status.collect(status.Sources(ollama.Client(engine), gpu_env, tmp_path, lambda argv: None))
+    gpu_env.write_text(gpu.GpuState(present=("nvidia",), vendor="nvidia", count=2, driver="loaded", backend="cuda",
+                                    devices=("0000:17:00.0:10de:20f1", "0000:65:00.0:10de:20f1")).render())
+    instances = tmp_path / "instances"
+    instances.mkdir()
+    (instances / "gpu1.conf").write_text(f"OLLAMA_HOST={engine}\n")
+    (instances / "gpu9.conf").write_text("OLLAMA_HOST=127.0.0.1:9\n")
+    run = FakeRunner({status_gpus.NVIDIA_QUERY: (0, A100_SMI, ""), ("systemctl", "is-active"): (0, "active\n", "")})
+    state = status.collect(status.Sources(ollama.Client(engine), gpu_env, tmp_path, run,
+                                          settings=common.Settings({}), instances_dir=instances))
     (page / "status.json").write_text(json.dumps(state.to_dict()))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-subj", "/CN=localhost", "-days", "1", "-keyout", str(tmp_path / "server.key"),
@@ -129,6 +141,17 @@ def test_page_in_chromium(site: str) -> None:
         _wait(driver, lambda: by_id("main").is_displayed() and "running" in by_id("status").text, "status")
         print(f"\npage load with the key (status + models through the gateway): {time.monotonic() - start:.2f} s")
         assert "tiny:latest" in by_id("models").text and "Disk left" in by_id("status").text
+        gpus = driver.find_elements(By.CSS_SELECTOR, "#gpus tr")
+        # gpu.env names two; nvidia-smi also reports a third, without memory figures.
+        assert [g.get_attribute("data-slot") for g in gpus] == ["0000:17:00.0", "0000:65:00.0", "0000:b3:00.0"]
+        assert gpus[0].text == "0 0000:17:00.0 NVIDIA A100-PCIE-40GB 20.0 GiB (50%) 40.0 GiB"
+        assert gpus[1].text == "1 0000:65:00.0 NVIDIA A100-PCIE-40GB 4.0 MiB (0%) 40.0 GiB"
+        assert gpus[2].text == "2 0000:b3:00.0 NVIDIA A100-PCIE-40GB unknown unknown"
+        shown = {r.get_attribute("data-name"): r for r in driver.find_elements(By.CSS_SELECTOR, "#instances tr")}
+        assert shown.keys() == {"gpu1", "gpu9"}
+        assert shown["gpu1"].get_attribute("data-health") == "ok" and "/i/gpu1/" in shown["gpu1"].text
+        assert shown["gpu9"].get_attribute("data-health") == "error" and "down: engine not answering" in shown["gpu9"].text
+        assert "instance gpu9" in by_id("status").text  # and the health line says which
         driver.save_screenshot(str(SHOTS / "2-status.png"))
         by_id("pull-name").send_keys("pulled:1b")
         by_id("pull-form").submit()

@@ -1,12 +1,10 @@
-// The operator page: status (from /nd/status.json, written by the appliance's status function),
-// models (list, pull, delete, load/unload), a chat box and the benchmark.
+// The operator page: status (from /nd/status.json, see status.js), models (list, pull, delete,
+// load/unload), a chat box and the benchmark.
 import { HttpError, call, json, keys, stream } from "./api.js";
 import { generateBody, parseAnswer, summarize } from "./bench.js";
+import { bytes, gpuRows, instanceRows, row, summary } from "./status.js";
 
 const $ = (id) => document.getElementById(id);
-const GiB = 2 ** 30;
-const bytes = (n) => (n === null || n === undefined ? "unknown" : n >= GiB ? `${(n / GiB).toFixed(1)} GiB`
-  : `${(n / 2 ** 20).toFixed(1)} MiB`);
 
 function say(text, kind = "error") {
   $("message").textContent = text;
@@ -21,16 +19,6 @@ function explain(error) {
     return "The API key was refused (HTTP 401): enter the key `neuraldrive key show` prints on the appliance.";
   }
   return error.message;
-}
-
-function row(cells) {
-  const tr = document.createElement("tr");
-  for (const cell of cells) {
-    const td = document.createElement("td");
-    if (cell instanceof Node) td.append(cell); else td.textContent = cell;
-    tr.append(td);
-  }
-  return tr;
 }
 
 function button(label, action) {
@@ -50,21 +38,16 @@ async function loadStatus() {
     if (e instanceof HttpError && e.status === 404) { dl.textContent = "The appliance has not written its status yet (within a minute of boot)."; return; }
     throw e;
   }
-  const items = [
-    ["Engine", s.engine_state === "running" ? `running, Ollama ${s.engine_version}` : `${s.engine_state}: ${s.engine_error}`, s.engine_state],
-    ["GPU", `${s.gpu_summary}; VRAM used ${bytes(s.vram_used)}`],
-    ...s.gpus.map((g) => [`GPU ${g.index}`, `${g.name}: ${bytes(g.vram_used)} of ${bytes(g.vram_total)}`]),
-    ...s.loaded.map((m) => [`Loaded ${m.name}`, `${bytes(m.size)}, ${Math.round(m.vram_share * 100)}% in VRAM, `
-      + (m.expires_at ? `until ${new Date(m.expires_at).toLocaleString()}` : "kept loaded")]),
-    ["Health", [s.health, ...s.health_findings.filter((f) => !f.startsWith("ok"))].join("; "), s.health],
-    ["Uptime", s.uptime_s === null ? "unknown" : `${Math.floor(s.uptime_s / 86400)} d ${Math.floor(s.uptime_s / 3600) % 24} h ${Math.floor(s.uptime_s / 60) % 60} min`],
-    ["Disk left", `${bytes(s.disk_free)} of ${bytes(s.disk_total)} (${s.disk_path})`],
-  ];
+  const items = summary(s);
   dl.replaceChildren(...items.flatMap(([k, v, cls]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
     dt.textContent = k; dd.textContent = v; if (cls) dd.className = cls;
     return [dt, dd];
   }));
+  $("gpus").replaceChildren(...gpuRows(s));
+  $("gpu-table").hidden = !s.gpus.length;
+  $("instances").replaceChildren(...instanceRows(s));
+  $("instance-table").hidden = !(s.instances ?? []).length;
   $("as-of").textContent = `status as of ${new Date(s.time * 1000).toLocaleTimeString()}`;
   $("main").dataset.backend = s.gpu_backend;
   $("main").dataset.vramUsed = s.vram_used ?? "";
