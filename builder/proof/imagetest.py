@@ -25,7 +25,7 @@ from builder.profile import Profile
 from builder.proof.boots import BootFigures, boot_and_wait, poweroff
 from builder.proof.faults import run_power_cut_tests
 from builder.proof.sticks import run_stick_tests
-from builder.proof.summary import Summary, print_summary
+from builder.proof.summary import Summary, print_summary, recorded_figures
 from builder.vm.guest import SshAccess, close_master, write_ssh_config
 from builder.vm.machine import VM, BootSpec
 from builder.vm.media import make_persistence_disk
@@ -70,10 +70,10 @@ def run_image_tests(
 ) -> Summary:
     summary = Summary(iso=str(iso))
     workdir = Path(tempfile.mkdtemp(prefix="neuraldrive-test-"))
+    state_file = workdir / "state.json"
     ok = False
     try:
         persistence = make_persistence_disk(workdir / "persistence.qcow2")
-        state_file = workdir / "state.json"
         env = {"NEURALDRIVE_ISO": str(iso), "NEURALDRIVE_TEST_ARCHIVE": str(archive),
                "NEURALDRIVE_PROFILE": profile.name, "NEURALDRIVE_STATE": str(state_file),
                "NEURALDRIVE_SSH_KEY": str(key)}
@@ -123,6 +123,7 @@ def run_image_tests(
     except VMError as exc:
         summary.errors.append(str(exc))
     finally:
+        summary.figures = recorded_figures(state_file)
         print_summary(summary)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "test-summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")

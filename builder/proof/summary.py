@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from builder.console import info
 from builder.proof.boots import BootFigures
@@ -16,6 +18,8 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    # What image tests measured (tests/image/helpers.py record_figure): name -> "value unit".
+    figures: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -32,6 +36,17 @@ def print_summary(summary: Summary) -> None:
         info(f"{b.mode:<28}{b.accel:<6}{shown}  {' '.join(b.failed_units) or 'none'}")
     for qemu in sorted({b.qemu for b in summary.boots if b.qemu}):
         info(f"booted with {qemu}")
+    for name, value in summary.figures.items():
+        info(f"figure: {name}: {value}")
     for error in summary.errors:
         info(f"error: {error.splitlines()[0]}")
     info(f"{summary.passed} passed, {summary.failed} failed, {summary.skipped} skipped")
+
+
+def recorded_figures(state_file: Path) -> dict[str, str]:
+    """The figures the image tests left in their shared state file (none if it is missing or torn)."""
+    try:
+        figures = json.loads(state_file.read_text()).get("figures", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in figures.items()} if isinstance(figures, dict) else {}

@@ -56,6 +56,15 @@ def save_state(values: dict[str, Any]) -> None:
     path.write_text(json.dumps(current, indent=2))
 
 
+def record_figure(name: str, value: str) -> None:
+    """A measured figure ("0.71 s"): printed now, and by `build.py test` in its summary and
+    test-summary.json. Figures are recorded, never asserted on time."""
+    print(f"\nfigure: {name}: {value}")
+    path = Path(os.environ["NEURALDRIVE_STATE"])
+    figures = (json.loads(path.read_text()) if path.exists() else {}).get("figures", {})
+    save_state({"figures": {**figures, name: value}})
+
+
 def push_models(models_dir: Path) -> None:
     """Copy an Ollama models dir (manifests/ + blobs/) into the guest's model store over SSH."""
     tar = subprocess.run(["tar", "-C", str(models_dir), "-cf", "-", "manifests", "blobs"],
