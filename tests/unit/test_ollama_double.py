@@ -66,12 +66,12 @@ def run_cli(host: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @functools.cache
-def load_script() -> ModuleType:
-    """The double's Go-semantics module (lib/ollama/testdouble/goenv.py)."""
+def load_script(module: str = "goenv") -> ModuleType:
+    """A module of the double (lib/ollama/testdouble/): by default its Go semantics, goenv.py."""
     lib = str(SCRIPT.parent / "lib" / "ollama")
     if lib not in sys.path:
         sys.path.insert(0, lib)
-    return importlib.import_module("testdouble.goenv")
+    return importlib.import_module(f"testdouble.{module}")
 
 
 # ---- program basics ---------------------------------------------------------

@@ -54,7 +54,7 @@ def test_unwritable_home_exits_1_and_listens_nowhere(tmp_path: Path) -> None:
 ])
 def test_ollama_host_forms(value: str, expected: tuple[str, str, int], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLLAMA_HOST", value)
-    url = load_script().host()
+    url = load_script("envconfig").host()
     assert (url.scheme, url.host, url.port) == expected
 
 
@@ -62,13 +62,13 @@ def test_ollama_host_forms(value: str, expected: tuple[str, str, int], monkeypat
                                                 ("-5m", None), ("junk", 300), ("0", 0)])
 def test_keep_alive_env(value: str, seconds: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLLAMA_KEEP_ALIVE", value)
-    goenv = load_script()
-    assert goenv.keep_alive() == (goenv.FOREVER_NS if seconds is None else seconds * 10**9)
+    forever = load_script().FOREVER_NS
+    assert load_script("envconfig").keep_alive() == (forever if seconds is None else seconds * 10**9)
 
 
 def test_bad_uint_warns_and_defaults(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("OLLAMA_NUM_PARALLEL", "two")
-    assert load_script().uint("OLLAMA_NUM_PARALLEL", 1) == 1
+    assert load_script("envconfig").uint("OLLAMA_NUM_PARALLEL", 1) == 1
     assert 'msg="invalid environment variable, using default" key=OLLAMA_NUM_PARALLEL' in capsys.readouterr().err
 
 
