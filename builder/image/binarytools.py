@@ -5,20 +5,19 @@ grub-mkimage and xorriso, made once and cached.
 later helper installs its tools into the image chroot (after the squashfs is taken) and purges
 them again, with three apt index updates on the way — about half of a warm build, producing
 nothing new. Here the bootstrap copy gets every tool once; the result is cached beside the
-bootstrap and unpacked as the outer chroot on each build. The squashfs is still made from the
+bootstrap and unpacked as the outer chroot on each build (cache.py: tools_key, save_tools,
+restore_tools). The squashfs is still made from the
 image chroot (`chroot/chroot`), so no tool reaches the image, and the tools are the same packages
 the helpers would have installed, so the ISO is the same.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 from builder.errors import LiveBuildError
-from builder.image.cache import archive_tree, extract_tree, prune_archives
 
 # (file a binary helper checks for, package it installs when the file is missing) — the checks of
 # binary_rootfs (squashfs), binary_grub-pc, binary_grub-efi (amd64, Secure Boot "auto") and
@@ -39,26 +38,8 @@ BINARY_TOOLS: tuple[tuple[str, str], ...] = (
 # What the helpers after binary_rootfs read from `chroot/` about the image (kernel and initrd,
 # live-boot's parameter list, the release for .disk/info): lent from the image chroot.
 LENT_FROM_IMAGE = ("boot", "usr/share/doc/live-boot/parameters.txt", "etc/os-release")
-TOOLS_FORMAT = 1
-KEEP_ARCHIVES = 2
 # live-build's own record of packages a helper installed and must purge again.
 _TMP_PACKAGES = "chroot.installed_tmp_pkgs"
-
-
-def tools_key(build_dir: Path, lb_version: str) -> str:
-    """What the tools chroot is made of: the cached bootstrap (its dpkg status) and the tool list."""
-    status = build_dir / "cache/bootstrap/var/lib/dpkg/status"
-    if not status.is_file():
-        raise LiveBuildError(f"{status}: no cached bootstrap to make the binary-tools chroot from")
-    digest = hashlib.sha256(f"tools format {TOOLS_FORMAT}\nlive-build {lb_version}\n".encode())
-    digest.update(repr(BINARY_TOOLS).encode())
-    digest.update(status.read_bytes())
-    return digest.hexdigest()[:24]
-
-
-def tools_archive(build_dir: Path, key: str) -> Path:
-    """Beside the bootstrap it is made from, in the live-build cache `cache` links to."""
-    return build_dir / "cache" / f"binary-tools-{key}.tar.zst"
 
 
 def install_script() -> str:
@@ -82,27 +63,6 @@ def check_tools(build_dir: Path) -> None:
     missing = [package for path, package in BINARY_TOOLS if not (chroot / path).exists()]
     if missing:
         raise LiveBuildError(f"binary-tools chroot lacks {', '.join(missing)}: rebuild with --no-cache")
-
-
-def save_tools(build_dir: Path, archive: Path) -> None:
-    """Archive the outer chroot without the image chroot inside it (atomically), keep the newest."""
-    check_tools(build_dir)
-    archive_tree(build_dir / "chroot", archive, exclude=("./chroot", "./chroot.cache"), what="binary-tools save")
-    (build_dir / "chroot/chroot.cache").unlink(missing_ok=True)  # binary_rootfs must not swap chroots back
-    prune_archives(archive.parent, "binary-tools-*.tar.zst", KEEP_ARCHIVES)
-
-
-def unpack_tools(build_dir: Path, archive: Path) -> None:
-    """What binary_chroot does, with the cached tools chroot as the outer chroot."""
-    chroot, image = build_dir / "chroot", build_dir / "chroot.image"
-    os.rename(chroot, image)
-    chroot.mkdir()
-    try:
-        extract_tree(archive, chroot, what=f"binary-tools restore from {archive}")
-    except LiveBuildError as error:
-        raise LiveBuildError(f"{error} (delete it or build with --no-cache)") from None
-    os.rename(image, chroot / "chroot")
-    (build_dir / ".build/binary_chroot").touch()
 
 
 def lend_image_files(build_dir: Path) -> None:

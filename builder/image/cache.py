@@ -1,10 +1,14 @@
-"""The package layer: the chroot after bootstrap + package installation (DKMS builds included),
-cached by what determines it, as mkosi's Incremental= does.
+"""The build's two caches, each an archive keyed by what determines it (as mkosi's Incremental=),
+written atomically and pruned to the newest few.
 
-Key: live-build's version, every `lb config` argument that shapes the chroot (suite, mirrors,
-areas, apt options — not boot menu or ISO labels), and the rendered package lists and
-before-packages includes. A build whose key matches restores the layer and only runs the
-includes, hooks and binary stage; a changed package list or mirror gives a new key.
+The package layer: the chroot after bootstrap + package installation (DKMS builds included). Key:
+live-build's version, every `lb config` option that shapes the chroot (suite, mirrors, areas, apt
+options — not those lbconfig marks binary-only: boot menu, ISO labels, squashfs), and the rendered
+package lists and before-packages includes. A build whose key matches restores the layer and only
+runs the includes, hooks and binary stage; a changed package list or mirror gives a new key.
+
+The binary-tools chroot (binarytools.py says what it holds): keyed by the cached bootstrap it is
+made from and the tool list, kept beside that bootstrap, unpacked as the binary stage's outer chroot.
 """
 
 from __future__ import annotations
@@ -13,16 +17,14 @@ import hashlib
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import LiveBuildError
+from builder.image.binarytools import BINARY_TOOLS, check_tools
+from builder.image.lbconfig import LbOption
 
-# Options that only shape the binary stage: changing them must not rebuild the packages.
-_BINARY_ONLY = {"--bootappend-live", "--bootappend-live-failsafe", "--iso-volume", "--iso-application",
-                "--iso-publisher", "--hdd-label", "--image-name", "--chroot-squashfs-compression-type",
-                "--chroot-squashfs-compression-level",
-                "--bootloaders", "--binary-image", "--checksums", "--zsync", "--memtest"}
 # Inputs inside the rendered tree that the package phase reads.
 _INPUT_DIRS = ("config/package-lists", "config/includes.chroot_before_packages", "config/preseed",
                "config/archives", "config/apt")
@@ -32,6 +34,8 @@ LAYER_FORMAT = 2  # 2: carries SINCE_FILE
 # When the bootstrap + package phases began (inside .build, so the layer carries it).
 SINCE_FILE = ".build/neuraldrive-packages-since"
 KEEP_LAYERS = 3
+TOOLS_FORMAT = 1
+KEEP_TOOLS = 2
 
 
 @dataclass(frozen=True)
@@ -43,18 +47,12 @@ class Layer:
         return self.path.is_file()
 
 
-def layer_key(lb_args: list[str], build_dir: Path, lb_version: str) -> str:
+def layer_key(options: Sequence[LbOption], build_dir: Path, lb_version: str) -> str:
     digest = hashlib.sha256()
     digest.update(f"layer format {LAYER_FORMAT}\nlive-build {lb_version}\n".encode())
-    skip = False
-    for arg in lb_args:
-        if skip:
-            skip = False
-            continue
-        if arg in _BINARY_ONLY:
-            skip = True
-            continue
-        digest.update(arg.encode() + b"\0")
+    for option in options:
+        if not option.binary_only:
+            digest.update(option.option.encode() + b"\0" + option.value.encode() + b"\0")
     for name in _INPUT_DIRS:
         base = build_dir / name
         for path in sorted(base.rglob("*")) if base.is_dir() else []:
@@ -101,6 +99,43 @@ def save_layer(layer: Layer, build_dir: Path) -> None:
 
 def restore_layer(layer: Layer, build_dir: Path) -> None:
     extract_tree(layer.path, build_dir, what="package layer restore")
+
+
+def tools_key(build_dir: Path, lb_version: str) -> str:
+    """What the tools chroot is made of: the cached bootstrap (its dpkg status) and the tool list."""
+    status = build_dir / "cache/bootstrap/var/lib/dpkg/status"
+    if not status.is_file():
+        raise LiveBuildError(f"{status}: no cached bootstrap to make the binary-tools chroot from")
+    digest = hashlib.sha256(f"tools format {TOOLS_FORMAT}\nlive-build {lb_version}\n".encode())
+    digest.update(repr(BINARY_TOOLS).encode())
+    digest.update(status.read_bytes())
+    return digest.hexdigest()[:24]
+
+
+def tools_archive(build_dir: Path, key: str) -> Path:
+    """Beside the bootstrap it is made from, in the live-build cache `cache` links to."""
+    return build_dir / "cache" / f"binary-tools-{key}.tar.zst"
+
+
+def save_tools(build_dir: Path, archive: Path) -> None:
+    """Archive the outer chroot without the image chroot inside it (atomically), keep the newest."""
+    check_tools(build_dir)
+    archive_tree(build_dir / "chroot", archive, exclude=("./chroot", "./chroot.cache"), what="binary-tools save")
+    (build_dir / "chroot/chroot.cache").unlink(missing_ok=True)  # binary_rootfs must not swap chroots back
+    prune_archives(archive.parent, "binary-tools-*.tar.zst", KEEP_TOOLS)
+
+
+def restore_tools(build_dir: Path, archive: Path) -> None:
+    """What binary_chroot does, with the cached tools chroot as the outer chroot."""
+    chroot, image = build_dir / "chroot", build_dir / "chroot.image"
+    os.rename(chroot, image)
+    chroot.mkdir()
+    try:
+        extract_tree(archive, chroot, what=f"binary-tools restore from {archive}")
+    except LiveBuildError as error:
+        raise LiveBuildError(f"{error} (delete it or build with --no-cache)") from None
+    os.rename(image, chroot / "chroot")
+    (build_dir / ".build/binary_chroot").touch()
 
 
 def prune_archives(directory: Path, pattern: str, keep: int) -> None:

@@ -1,6 +1,9 @@
-"""The exact `lb config` arguments a profile asks for (trixie live-build, 1:20250505 or newer)."""
+"""The exact `lb config` arguments a profile asks for (trixie live-build, 1:20250505 or newer), each
+marked with the stage it shapes."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from builder.profile.schema import Profile
 
@@ -29,54 +32,70 @@ def boot_append(profile: Profile) -> str:
     )
 
 
-def lb_config_args(profile: Profile) -> list[str]:
+class LbOption(NamedTuple):
+    option: str
+    value: str
+    # Shapes only the binary stage (boot menu, ISO labels, squashfs, checksums): a change must not
+    # rebuild the package layer, whose key (cache.layer_key) skips these.
+    binary_only: bool = False
+
+
+BINARY = True
+
+
+def lb_config_options(profile: Profile) -> list[LbOption]:
     m = profile.debian.mirrors
+    compression_level = profile.image.compression_level
     return [
-        "--mode", "debian",
-        "--distribution", profile.debian.suite,
-        "--architecture", "amd64",
-        "--binary-image", "iso-hybrid",
-        "--bootloaders", "grub-efi grub-pc",
-        "--archive-areas", " ".join(profile.debian.areas),
-        "--parent-archive-areas", " ".join(profile.debian.areas),
-        "--mirror-bootstrap", m.bootstrap,
-        "--mirror-chroot", m.chroot,
-        "--mirror-binary", m.binary,
-        "--mirror-chroot-security", m.security,
-        "--mirror-binary-security", m.security,
-        "--parent-mirror-bootstrap", m.bootstrap,
-        "--parent-mirror-chroot", m.chroot,
-        "--parent-mirror-binary", m.binary,
-        "--parent-mirror-chroot-security", m.security,
-        "--parent-mirror-binary-security", m.security,
-        "--security", "true",
-        "--updates", "true",
-        "--backports", "true" if profile.debian.backports else "false",
-        "--apt-recommends", "false",
-        "--apt-indices", "false",
-        "--apt-source-archives", "false",
-        "--debian-installer", "none",
-        "--firmware-binary", "false",
-        "--firmware-chroot", "false",
-        "--memtest", "none",
-        "--zsync", "false",
-        "--checksums", "sha256",
-        "--linux-flavours", "amd64",
-        "--initsystem", "systemd",
-        "--initramfs", "live-boot",
-        "--debootstrap-options", "--variant=minbase",
-        "--chroot-squashfs-compression-type", profile.image.compression,
-        *(("--chroot-squashfs-compression-level", str(profile.image.compression_level))
-          if profile.image.compression_level is not None else ()),
-        "--iso-volume", profile.image.volume,
-        "--iso-application", f"NeuralDrive {profile.image.version}",
-        "--iso-publisher", "NeuralDrive",
-        "--hdd-label", profile.image.volume.upper().replace(" ", "_"),
-        "--bootappend-live", boot_append(profile),
-        "--bootappend-live-failsafe", "none",
-        "--cache", "true",
-        "--cache-packages", "true",
-        "--cache-indices", "false",
-        "--cache-stages", "bootstrap",
-        "--image-name", f"{profile.image.name}",
+        LbOption("--mode", "debian"),
+        LbOption("--distribution", profile.debian.suite),
+        LbOption("--architecture", "amd64"),
+        LbOption("--binary-image", "iso-hybrid", BINARY),
+        LbOption("--bootloaders", "grub-efi grub-pc", BINARY),
+        LbOption("--archive-areas", " ".join(profile.debian.areas)),
+        LbOption("--parent-archive-areas", " ".join(profile.debian.areas)),
+        LbOption("--mirror-bootstrap", m.bootstrap),
+        LbOption("--mirror-chroot", m.chroot),
+        LbOption("--mirror-binary", m.binary),
+        LbOption("--mirror-chroot-security", m.security),
+        LbOption("--mirror-binary-security", m.security),
+        LbOption("--parent-mirror-bootstrap", m.bootstrap),
+        LbOption("--parent-mirror-chroot", m.chroot),
+        LbOption("--parent-mirror-binary", m.binary),
+        LbOption("--parent-mirror-chroot-security", m.security),
+        LbOption("--parent-mirror-binary-security", m.security),
+        LbOption("--security", "true"),
+        LbOption("--updates", "true"),
+        LbOption("--backports", "true" if profile.debian.backports else "false"),
+        LbOption("--apt-recommends", "false"),
+        LbOption("--apt-indices", "false"),
+        LbOption("--apt-source-archives", "false"),
+        LbOption("--debian-installer", "none"),
+        LbOption("--firmware-binary", "false"),
+        LbOption("--firmware-chroot", "false"),
+        LbOption("--memtest", "none", BINARY),
+        LbOption("--zsync", "false", BINARY),
+        LbOption("--checksums", "sha256", BINARY),
+        LbOption("--linux-flavours", "amd64"),
+        LbOption("--initsystem", "systemd"),
+        LbOption("--initramfs", "live-boot"),
+        LbOption("--debootstrap-options", "--variant=minbase"),
+        LbOption("--chroot-squashfs-compression-type", profile.image.compression, BINARY),
+        *([LbOption("--chroot-squashfs-compression-level", str(compression_level), BINARY)]
+          if compression_level is not None else []),
+        LbOption("--iso-volume", profile.image.volume, BINARY),
+        LbOption("--iso-application", f"NeuralDrive {profile.image.version}", BINARY),
+        LbOption("--iso-publisher", "NeuralDrive", BINARY),
+        LbOption("--hdd-label", profile.image.volume.upper().replace(" ", "_"), BINARY),
+        LbOption("--bootappend-live", boot_append(profile), BINARY),
+        LbOption("--bootappend-live-failsafe", "none", BINARY),
+        LbOption("--cache", "true"),
+        LbOption("--cache-packages", "true"),
+        LbOption("--cache-indices", "false"),
+        LbOption("--cache-stages", "bootstrap"),
+        LbOption("--image-name", f"{profile.image.name}", BINARY),
     ]
+
+
+def lb_config_args(profile: Profile) -> list[str]:
+    return [arg for option in lb_config_options(profile) for arg in (option.option, option.value)]

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from builder.console import ProgressLine, format_seconds, info
 from builder.errors import HostError, LiveBuildError
-from builder.image import binarytools
+from builder.image import binarytools, cache
 
 # live-build announces each helper it runs as "[timestamp] lb <helper> ...".
 _STEP = re.compile(r"^\[[^\]]+\] lb ([a-z0-9_-]+)")
@@ -106,7 +106,7 @@ def image_phase(tools: Path, reuse_tools: bool) -> Phase:
     if reuse_tools:
         # A freshly made tools chroot is checked before it is saved; a cached one when unpacked.
         outer: tuple[Command, ...] = (
-            PyStep("binary_chroot (cached tools)", lambda d: binarytools.unpack_tools(d, tools)),
+            PyStep("binary_chroot (cached tools)", lambda d: cache.restore_tools(d, tools)),
             PyStep("check binary tools", binarytools.check_tools),
         )
     else:
@@ -117,7 +117,7 @@ def image_phase(tools: Path, reuse_tools: bool) -> Phase:
             ("sh", "-c", binarytools.install_script()),
             ("lb", "chroot_archives", "chroot", "remove"),
             *_BINARY_PREP_REMOVE,
-            PyStep("save binary tools", lambda d: binarytools.save_tools(d, tools)),
+            PyStep("save binary tools", lambda d: cache.save_tools(d, tools)),
         )
     return Phase("binary", (
         *outer,

@@ -14,7 +14,6 @@ from builder.artifacts.pinning import pin_missing
 from builder.console import complete_step, debug, format_seconds, info
 from builder.errors import OptionError, UnofficialArtifactError
 from builder.files import exclusive_lock
-from builder.image.binarytools import tools_archive, tools_key
 from builder.image.builddir import (
     cache_key,
     check_host,
@@ -24,9 +23,18 @@ from builder.image.builddir import (
     release_mounts,
     remove_build_dir,
 )
-from builder.image.cache import layer_for, layer_key, mark_package_start, normalize_mtimes, restore_layer, save_layer
+from builder.image.cache import (
+    layer_for,
+    layer_key,
+    mark_package_start,
+    normalize_mtimes,
+    restore_layer,
+    save_layer,
+    tools_archive,
+    tools_key,
+)
 from builder.image.engine import install_engine
-from builder.image.lbconfig import lb_config_args
+from builder.image.lbconfig import lb_config_options
 from builder.image.livebuild import BOOTSTRAP, CONFIG, CUSTOMIZE, PACKAGES, LiveBuildRunner, image_phase
 from builder.image.publish import Outputs, build_info, default_source_date_epoch, publish
 from builder.image.render import StagedArtifact, render_tree
@@ -139,7 +147,7 @@ def _build_iso_locked(profile: Profile, out_dir: Path, cache_dir: Path, options:
         runner = LiveBuildRunner(build_dir, env)
         try:
             runner.phase(CONFIG)
-            layer = layer_for(cache_dir, layer_key(lb_config_args(profile), build_dir, lb_version))
+            layer = layer_for(cache_dir, layer_key(lb_config_options(profile), build_dir, lb_version))
             from_cache = use_cache and layer.exists()
             started = time.monotonic()
             if from_cache:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from builder.errors import LiveBuildError
-from builder.image import binarytools
+from builder.image import binarytools, cache
 
 
 def build_dir_with_image(tmp_path: Path) -> Path:
@@ -64,15 +64,15 @@ def test_missing_tools_are_named(tmp_path: Path) -> None:
 
 def test_key_follows_the_bootstrap_and_live_build(tmp_path: Path) -> None:
     with pytest.raises(LiveBuildError, match="no cached bootstrap"):
-        binarytools.tools_key(tmp_path, "1:20250505")
+        cache.tools_key(tmp_path, "1:20250505")
     status = tmp_path / "cache/bootstrap/var/lib/dpkg/status"
     status.parent.mkdir(parents=True)
     status.write_text("Package: base-files\nVersion: 13.8\n")
-    key = binarytools.tools_key(tmp_path, "1:20250505")
-    assert binarytools.tools_key(tmp_path, "1:20250505") == key
-    assert binarytools.tools_key(tmp_path, "1:20250506") != key
+    key = cache.tools_key(tmp_path, "1:20250505")
+    assert cache.tools_key(tmp_path, "1:20250505") == key
+    assert cache.tools_key(tmp_path, "1:20250506") != key
     status.write_text("Package: base-files\nVersion: 13.9\n")
-    assert binarytools.tools_key(tmp_path, "1:20250505") != key
+    assert cache.tools_key(tmp_path, "1:20250505") != key
 
 
 def test_install_script_checks_every_tool_and_keeps_them(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_a_damaged_tools_archive_is_named_with_the_way_out(tmp_path: Path) -> No
     (build / ".build").mkdir()
     with pytest.raises(LiveBuildError, match=r"binary-tools restore from .*binary-tools-k.tar.zst failed: .*"
                                              r"\(delete it or build with --no-cache\)"):
-        binarytools.unpack_tools(build, archive)
+        cache.restore_tools(build, archive)
 
 
 def test_unpack_puts_the_image_inside_the_cached_tools(tmp_path: Path) -> None:
@@ -98,13 +98,12 @@ def test_unpack_puts_the_image_inside_the_cached_tools(tmp_path: Path) -> None:
     (tools / "usr/bin").mkdir(parents=True)
     (tools / "usr/bin/xorriso").write_text("tool")
     archive = tmp_path / "binary-tools-k.tar.zst"
-    from builder.image.cache import archive_tree
-    archive_tree(tools, archive)
+    cache.archive_tree(tools, archive)
     build = tmp_path / "build"
     (build / "chroot/etc").mkdir(parents=True)
     (build / "chroot/etc/image-marker").write_text("image")
     (build / ".build").mkdir()
-    binarytools.unpack_tools(build, archive)
+    cache.restore_tools(build, archive)
     assert (build / "chroot/usr/bin/xorriso").read_text() == "tool"
     assert (build / "chroot/chroot/etc/image-marker").read_text() == "image"
     assert (build / ".build/binary_chroot").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from builder.image import cache as layer
 from builder.image.cache import layer_for, layer_key, restore_layer, save_layer
-from builder.image.lbconfig import lb_config_args
+from builder.image.lbconfig import LbOption, lb_config_args, lb_config_options
 from builder.profile import load_profile
 
 
@@ -21,31 +21,53 @@ def tree(tmp_path: Path, packages: str = "caddy\n") -> Path:
 
 
 def test_same_inputs_same_key(tmp_path: Path) -> None:
-    args = lb_config_args(load_profile("cpu"))
-    assert layer_key(args, tree(tmp_path), "1:20250505") == layer_key(list(args), tree(tmp_path), "1:20250505")
+    options = lb_config_options(load_profile("cpu"))
+    assert layer_key(options, tree(tmp_path), "1:20250505") == layer_key(list(options), tree(tmp_path), "1:20250505")
 
 
 def test_package_list_mirror_area_and_live_build_change_the_key(tmp_path: Path) -> None:
     profile = load_profile("cpu")
-    base = layer_key(lb_config_args(profile), tree(tmp_path), "1:20250505")
-    assert layer_key(lb_config_args(profile), tree(tmp_path / "b", "caddy\nvim\n"), "1:20250505") != base
+    base = layer_key(lb_config_options(profile), tree(tmp_path), "1:20250505")
+    assert layer_key(lb_config_options(profile), tree(tmp_path / "b", "caddy\nvim\n"), "1:20250505") != base
     mirrors = dataclasses.replace(profile.debian.mirrors, chroot="http://127.0.0.1:9/debian/")
     moved = dataclasses.replace(profile, debian=dataclasses.replace(profile.debian, mirrors=mirrors))
-    assert layer_key(lb_config_args(moved), tree(tmp_path), "1:20250505") != base
-    assert layer_key(lb_config_args(load_profile("nvidia")), tree(tmp_path), "1:20250505") != base
-    assert layer_key(lb_config_args(profile), tree(tmp_path), "1:20260101") != base
+    assert layer_key(lb_config_options(moved), tree(tmp_path), "1:20250505") != base
+    assert layer_key(lb_config_options(load_profile("nvidia")), tree(tmp_path), "1:20250505") != base
+    assert layer_key(lb_config_options(profile), tree(tmp_path), "1:20260101") != base
 
 
 def test_boot_menu_and_labels_do_not_change_the_key(tmp_path: Path) -> None:
     profile = load_profile("cpu")
-    base = layer_key(lb_config_args(profile), tree(tmp_path), "1:20250505")
+    base = layer_key(lb_config_options(profile), tree(tmp_path), "1:20250505")
     relabelled = dataclasses.replace(profile, image=dataclasses.replace(
         profile.image, volume="OTHER", version="9.9.9", hostname="elsewhere", compression="xz"))
-    assert layer_key(lb_config_args(relabelled), tree(tmp_path), "1:20250505") == base
+    assert layer_key(lb_config_options(relabelled), tree(tmp_path), "1:20250505") == base
     faster = dataclasses.replace(profile, image=dataclasses.replace(profile.image, compression_level=3))
     args = lb_config_args(faster)
     assert args[args.index("--chroot-squashfs-compression-level") + 1] == "3"
-    assert layer_key(args, tree(tmp_path), "1:20250505") == base
+    assert layer_key(lb_config_options(faster), tree(tmp_path), "1:20250505") == base
+
+
+# The options that shape only the binary stage (boot menu, ISO metadata, squashfs, checksums).
+BINARY_ONLY = {"--bootappend-live", "--bootappend-live-failsafe", "--iso-volume", "--iso-application",
+               "--iso-publisher", "--hdd-label", "--image-name", "--chroot-squashfs-compression-type",
+               "--chroot-squashfs-compression-level", "--bootloaders", "--binary-image", "--checksums", "--zsync",
+               "--memtest"}
+
+
+def test_the_key_ignores_exactly_the_binary_only_options(tmp_path: Path) -> None:
+    """Each option's value changed alone: the key moves for every chroot-shaping option, never for a
+    binary-only one; and lbconfig marks exactly those binary-only."""
+    profile = dataclasses.replace(load_profile("cpu"), image=dataclasses.replace(
+        load_profile("cpu").image, compression_level=9))
+    options = lb_config_options(profile)
+    assert {o.option for o in options if o.binary_only} == BINARY_ONLY
+    base = layer_key(options, tree(tmp_path), "1:20250505")
+    for index, option in enumerate(options):
+        changed = [*options[:index], LbOption(option.option, option.value + "x", option.binary_only),
+                   *options[index + 1:]]
+        moved = layer_key(changed, tree(tmp_path), "1:20250505") != base
+        assert moved == (option.option not in BINARY_ONLY), option.option
 
 
 def test_save_and_restore_round_trip(tmp_path: Path) -> None:
