@@ -82,6 +82,15 @@ def _tree_environment(source_root: str) -> jinja2.Environment:
     return jinja_environment(jinja2.FileSystemLoader(source_root))
 
 
+def render_file(template: Path, profile: Profile, staged: list[Artifact] | None = None,
+                source_root: Path = ROOT) -> str:
+    """One `*.j2` file (a path under `source_root`) as render_tree renders it: same environment,
+    same context (tests render single units, hooks and the Caddyfile with it)."""
+    relative = template.relative_to(source_root) if template.is_absolute() else template
+    context = template_context(profile, staged or [])
+    return _tree_environment(str(source_root)).get_template(relative.as_posix()).render(context)
+
+
 def render_tree(
     profile: Profile,
     build_dir: Path,

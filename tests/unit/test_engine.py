@@ -7,14 +7,12 @@ import json
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from builder.artifacts.lock import Artifact
 from builder.errors import ArtifactError, LiveBuildError
-from builder.files import ROOT
 from builder.image.engine import install_engine, installed_versions, nvidia_driver, upstream_version
-from builder.image.render import StagedArtifact, facts
+from builder.image.render import StagedArtifact, facts, render_file
 from builder.profile import load_profile
 from builder.proof.ollama_double.package import build_archive
 from tests.fixtures.engine_archive import REAL_LAYOUT, ROCM_LAYOUT, f, write_archive
@@ -123,9 +121,7 @@ def test_archive_changed_in_the_cache_is_refused(tmp_path: Path) -> None:
 
 def hook_for(build_dir: Path) -> str:
     """Hook 03 as rendered, with the chroot's absolute paths mapped into the test's build dir."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT)), undefined=jinja2.StrictUndefined,
-                             trim_blocks=True, lstrip_blocks=True)
-    text = env.get_template("hooks/03-install-extras.hook.chroot.j2").render(facts=facts(), artifacts=[])
+    text = render_file(Path("hooks/03-install-extras.hook.chroot.j2"), load_profile("test"))
     return (text.replace(facts()["STAGED_ARTIFACT_DIR"], str(build_dir / "config/neuraldrive-artifacts"))
                 .replace("/usr/local", str(build_dir / "chroot/usr/local")))
 

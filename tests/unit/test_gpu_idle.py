@@ -229,13 +229,6 @@ def test_sigterm_stops_the_loop_cleanly() -> None:
     assert "stopping" in out
 
 
-def test_help() -> None:
-    result = subprocess.run([*program("usr/lib/neuraldrive/gpu-idle"), "--help"],
-                            env=clean_env(), capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0
-    assert "NEURALDRIVE_IDLE_TIMEOUT" in result.stdout and "--once" in result.stdout
-
-
 # ---- models that stay: keep_alive < 0 and NEURALDRIVE_IDLE_PINNED -------------------------
 
 @pytest.mark.parametrize(("expires_at", "forever"), [

@@ -152,10 +152,3 @@ def test_dry_run_program(tmp_path: Path) -> None:
     assert "would create if missing: /dev/nvidia-uvm (char 237:0)" in result.stdout
     assert "would run: nvidia-smi -pl 250" in result.stdout
     assert list((root / "dev").iterdir()) == []
-
-
-def test_help() -> None:
-    result = subprocess.run([*program("usr/lib/neuraldrive/gpu-tune"), "--help"],
-                            env=clean_env(), capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0
-    assert "NEURALDRIVE_GPU_POWER_LIMIT" in result.stdout

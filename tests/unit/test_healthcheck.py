@@ -210,13 +210,6 @@ def test_program_against_a_dead_engine(tmp_path: Path) -> None:
     assert "error: engine: no valid answer from /api/version within 2 s" in result.stdout
 
 
-def test_help() -> None:
-    result = subprocess.run([*program("usr/lib/neuraldrive/healthcheck"), "--help"],
-                            env=clean_env(), capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0
-    assert "--restart-engine" in result.stdout
-
-
 def test_disk_check_uses_the_real_filesystem(tmp_path: Path) -> None:
     finding = health.check_disk(tmp_path, 100)
     usage = shutil.disk_usage(tmp_path)

@@ -1,8 +1,7 @@
 """The systemd units and config of the GPU, idle, health and console features, rendered from
 real profiles: they must pass `systemd-analyze verify` and stay at exposure <= 1.5.
 
-Rendering here uses jinja2 with the renderer's settings and builder.image.render's template
-context; it can switch to builder.image.render.render_tree once a test helper renders one file.
+Rendering here is builder.image.render's: render_file renders one file as render_tree does.
 """
 
 from __future__ import annotations
@@ -13,11 +12,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from builder import facts
-from builder.image.render import ROOT, jinja_environment, template_context
+from builder.image.render import render_file
 from builder.profile import Profile, load_profile
 from tests.fixtures.gpu import CHROOT, lib
 
@@ -36,10 +34,7 @@ needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None or no
 
 
 def render(template: Path, profile: Profile) -> str:
-    """One template rendered as the renderer does (names relative to the repository, so the units'
-    macros in config/templates/ are found)."""
-    env = jinja_environment(jinja2.FileSystemLoader(str(ROOT)))
-    return env.get_template(template.relative_to(ROOT).as_posix()).render(**template_context(profile, []))
+    return render_file(template, profile)
 
 
 def tuned(profile: Profile) -> Profile:
@@ -136,10 +131,15 @@ def test_conf_points_to_the_persistent_override() -> None:
 
 
 def test_in_image_paths_match_the_builders_facts() -> None:
-    paths = lib("paths")
-    for name in ("API_KEY_FILE", "ADMIN_KEY_FILE", "API_KEY_GROUP", "STATE_DIR", "RUN_DIR", "GPU_ENV", "OLLAMA_PORT"):
-        assert getattr(paths, name) == getattr(facts, name), name
-    assert paths.CONF_FILES == facts.CONF_FILES
+    """Every fact neuraldrive/paths.py mirrors has the builder's value; what it has of its own is a
+    unit name (the builder names units by their files)."""
+    paths = {name: value for name, value in vars(lib("paths")).items() if name.isupper()}
+    mirrored = {name for name in paths if hasattr(facts, name)}
+    assert {"API_KEY_FILE", "STATE_DIR", "GPU_ENV", "OLLAMA_PORT", "CONF_FILES"} <= mirrored
+    for name in mirrored:
+        assert paths[name] == getattr(facts, name), name
+    for name in paths.keys() - mirrored:
+        assert name.endswith("_UNIT") and re.fullmatch(r"neuraldrive-[a-z-]+\.(service|timer)", paths[name]), name
 
 
 def test_units_load_the_settings_files_in_order() -> None:

@@ -87,10 +87,3 @@ def test_program_prints_with_dash(tmp_path: Path) -> None:
         check=False)
     assert result.returncode == 0, result.stderr
     assert "API URL:  https://" in result.stdout
-
-
-def test_help() -> None:
-    result = subprocess.run([*program("usr/lib/neuraldrive/issue-refresh"), "--help"],
-                            env=clean_env(), capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0
-    assert "/etc/issue" in result.stdout

@@ -19,9 +19,8 @@ import pytest
 from builder.profile import load_profile
 from builder.proof.ollama_double import SCRIPT, write_model
 from tests.conftest import _free_port, _wait_ready
-from tests.fixtures.gpu import CHROOT, FakeRunner, clean_env, lib
-from tests.unit.test_gateway_auth import ADMIN, API, CADDY, _request, auth_socket, keys  # noqa: F401
-from tests.unit.test_inimage_units import render
+from tests.fixtures.gateway import API, auth_socket_fixture, caddy_gateway, keys_fixture, request  # noqa: F401
+from tests.fixtures.gpu import CHROOT, FakeRunner, lib
 
 status = lib("status")
 status_gpus = lib("status_gpus")
@@ -57,9 +56,7 @@ def engine(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture()
-def site(tmp_path: Path, auth_socket: Path, engine: str) -> Iterator[str]:  # noqa: F811
-    if CADDY is None:
-        pytest.skip("caddy not installed (scripts/setup-host installs it)")
+def site(tmp_path: Path, auth_socket: Path, engine: str) -> Iterator[str]:
     page = tmp_path / "page"
     page.mkdir()
     # Two A100s (nvidia-smi's recorded answer) and two instances, one answering (the double), one not.
@@ -74,38 +71,18 @@ def site(tmp_path: Path, auth_socket: Path, engine: str) -> Iterator[str]:  # no
     state = status.collect(status.Sources(ollama.Client(engine), gpu_env, tmp_path, run,
                                           settings=common.Settings({}), instances_dir=instances))
     (page / "status.json").write_text(json.dumps(state.to_dict()))
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-subj", "/CN=localhost", "-days", "1", "-keyout", str(tmp_path / "server.key"),
-                    "-out", str(tmp_path / "server.crt")], check=True, capture_output=True)
-    port = _free_port()
-    text = render(CHROOT / "etc/neuraldrive/Caddyfile.j2", load_profile("test"))
-    for old, new in (("/var/lib/neuraldrive/tls", str(tmp_path)),
-                     ("/run/neuraldrive-auth/auth.sock", str(auth_socket)), ("127.0.0.1:11434", engine),
-                     ("/run/neuraldrive/page", str(page)), ("/usr/share/neuraldrive/www", str(WWW)),
-                     ("https://:8443 {", f"https://:{port} {{\n\tbind 127.0.0.1")):
-        assert old in text, old
-        text = text.replace(old, new)
-    (tmp_path / "Caddyfile").write_text(text)
-    caddy = subprocess.Popen([CADDY, "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
-                             env=clean_env(XDG_CONFIG_HOME=str(tmp_path / "cfg"), XDG_DATA_HOME=str(tmp_path / "data")),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while _request(base, "GET", "/health", None)[0] != 200:
-        assert caddy.poll() is None and time.monotonic() < deadline, "caddy did not start"
-        time.sleep(0.1)
-    yield base
-    caddy.terminate()
-    caddy.wait(timeout=10)
+    moves = {"127.0.0.1:11434": engine, "/run/neuraldrive/page": str(page), "/usr/share/neuraldrive/www": str(WWW)}
+    with caddy_gateway(tmp_path, load_profile("test"), auth_socket, moves) as base:
+        yield base
 
 
 def test_static_files_are_open_status_needs_the_key(site: str) -> None:
-    assert _request(site, "GET", "/", None)[0] == 200
-    assert _request(site, "GET", "/js/main.js", None)[0] == 200
-    assert _request(site, "GET", "/nd/status.json", None)[0] == 401
-    code, body = _request(site, "GET", "/nd/status.json", f"Bearer {API}")
+    assert request(site, "GET", "/", None)[0] == 200
+    assert request(site, "GET", "/js/main.js", None)[0] == 200
+    assert request(site, "GET", "/nd/status.json", None)[0] == 401
+    code, body = request(site, "GET", "/nd/status.json", f"Bearer {API}")
     assert code == 200 and json.loads(body)["engine_state"] == "running"
-    assert _request(site, "GET", "/nd/../gpu.env", f"Bearer {API}")[0] == 404
+    assert request(site, "GET", "/nd/../gpu.env", f"Bearer {API}")[0] == 404
 
 
 def _wait(driver: Any, check: Any, what: str, timeout: float = 20) -> None:
