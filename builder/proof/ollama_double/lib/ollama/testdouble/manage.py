@@ -102,20 +102,20 @@ class ManageHandler(ApiHandler):
         self.ctx.store.copy(info, existing.name if existing else dst)
         self.send(200, b"", "text/plain")
 
-    def _blob_head(self, digest: str) -> None:
+    def _blob(self, digest: str) -> Path:
+        """The blob's path; a malformed digest is a 400 with the store's message."""
         try:
-            path = self.ctx.store.blob_path(digest)
+            return self.ctx.store.blob_path(digest)
         except InvalidDigestError as exc:
             raise error(400, str(exc)) from exc
-        if not path.exists():
+
+    def _blob_head(self, digest: str) -> None:
+        if not self._blob(digest).exists():
             raise error(404, f'blob "{digest}" not found')
         self.send(200, b"", "text/plain")
 
     def _blob_post(self, digest: str) -> None:
-        try:
-            path = self.ctx.store.blob_path(digest)
-        except InvalidDigestError as exc:
-            raise error(400, str(exc)) from exc
+        path = self._blob(digest)
         if path.exists():
             self.send(200, b"", "text/plain")
             return
@@ -152,10 +152,7 @@ class ManageHandler(ApiHandler):
             for file_name, digest in files.items():
                 if os.path.isabs(file_name) or ".." in Path(file_name).parts:
                     raise error(400, f"file path must be relative: {file_name}")
-                try:
-                    blob = store.blob_path(str(digest))
-                except InvalidDigestError as exc:
-                    raise error(400, str(exc)) from exc
+                blob = self._blob(str(digest))
                 if not blob.exists():
                     raise error(400, f"blob {digest} not found")
                 yield {"status": "parsing GGUF"}
