@@ -30,6 +30,7 @@ from builder.image.render import SOURCES
 from builder.profile.schema import Profile
 from builder.proof.boots import measure_boot
 from builder.vm.machine import BootSpec
+from builder.vm.media import iso_kernel_path
 
 TEMPLATE_TO_TOUCH = f"includes.chroot/etc/systemd/system/{facts.OLLAMA_USER}.service.j2"
 EXTRA_PACKAGE = "htop"
@@ -82,8 +83,8 @@ def squashfs_listing(iso: Path) -> list[str]:
     return sorted(rows)
 
 
-def squashfs_size(iso: Path) -> int:
-    out = subprocess.run(["xorriso", "-indev", str(iso), "-lsl", "/live/filesystem.squashfs"],
+def iso_member_size(iso: Path, member: str) -> int:
+    out = subprocess.run(["xorriso", "-indev", str(iso), "-lsl", member],
                          capture_output=True, text=True, check=True).stdout
     return int(out.split()[4])
 
@@ -129,7 +130,10 @@ def run_bench(profile: Profile, options: ArtifactOptions, out_dir: Path, boot_ru
         results["checks"]["package_in_manifest"] = any(line.split()[0] == EXTRA_PACKAGE
                                                        for line in pkg.packages.read_text().splitlines())
         figures["iso_size"] = Figure("ISO size", "MiB", [round(cold.iso.stat().st_size / 2**20, 1)])
-        figures["squashfs_size"] = Figure("squashfs size", "MiB", [round(squashfs_size(cold.iso) / 2**20, 1)])
+        figures["squashfs_size"] = Figure("squashfs size", "MiB",
+                                          [round(iso_member_size(cold.iso, "/live/filesystem.squashfs") / 2**20, 1)])
+        initrd = iso_kernel_path(cold.iso).replace("vmlinuz", "initrd.img")
+        figures["initrd_size"] = Figure("initrd size", "MiB", [round(iso_member_size(cold.iso, initrd) / 2**20, 1)])
         results["stage_seconds"] = {"cold": cold_info["stage_seconds"], "template": tpl_info["stage_seconds"]}
         for mode in modes:
             firmware, media = mode.split("-")
