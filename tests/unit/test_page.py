@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +73,8 @@ def site(tmp_path: Path, auth_socket: Path, engine: str) -> Iterator[str]:
     run = FakeRunner({status_gpus.NVIDIA_QUERY: (0, A100_SMI, ""), ("systemctl", "is-active"): (0, "active\n", "")})
     state = status.collect(status.Sources(ollama.Client(engine), gpu_env, tmp_path, run,
                                           settings=common.Settings({}), instances_dir=instances))
-    (page / "status.json").write_text(json.dumps(state.to_dict()))
+    # The image version (os-release IMAGE_VERSION) as the status function reports it.
+    (page / "status.json").write_text(json.dumps({**state.to_dict(), "version": "0.9.0-test"}))
     moves = {"127.0.0.1:11434": engine, "/run/neuraldrive/page": str(page), "/usr/share/neuraldrive/www": str(WWW)}
     with caddy_gateway(tmp_path, load_profile("test"), auth_socket, moves) as base:
         yield base
@@ -83,6 +87,35 @@ def test_static_files_are_open_status_needs_the_key(site: str) -> None:
     code, body = request(site, "GET", "/nd/status.json", f"Bearer {API}")
     assert code == 200 and json.loads(body)["engine_state"] == "running"
     assert request(site, "GET", "/nd/../gpu.env", f"Bearer {API}")[0] == 404
+
+
+# "Keep the page small" (the image test records the size the browser loads and holds it to this too).
+PAGE_BUDGET = 64 * 1024
+
+
+def test_page_files_are_small_and_load_nothing_from_elsewhere() -> None:
+    """No external URL, no inline script or style (the CSP would block them), within the budget."""
+    files = sorted(p for p in WWW.rglob("*") if p.is_file())
+    assert {p.suffix for p in files} == {".html", ".css", ".js"}
+    assert sum(p.stat().st_size for p in files) <= PAGE_BUDGET
+    for path in files:
+        text = path.read_text()
+        assert "://" not in text, path
+        assert not re.search(r"\bimport\s*\(|\beval\s*\(|new Function|innerHTML|\.style\b", text), path
+    html = (WWW / "index.html").read_text()
+    assert not re.search(r"<style|\sstyle=|\son[a-z]+=", html)
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script type="module" src="js/main.js">']
+    assert "<script type=\"module\" src=\"js/main.js\"></script>" in html  # no inline body
+
+
+def test_csp_is_strict(site: str) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with urllib.request.urlopen(site + "/", timeout=10, context=context) as response:
+        csp = response.headers["Content-Security-Policy"]
+    rules = {name: value for name, _, value in (part.strip().partition(" ") for part in csp.split(";")) if name}
+    assert rules["default-src"] == "'none'" and rules["script-src"] == rules["connect-src"] == "'self'"
+    assert "unsafe" not in csp and "http" not in csp
 
 
 def _wait(driver: Any, check: Any, what: str, timeout: float = 20) -> None:
@@ -103,6 +136,7 @@ def test_page_in_chromium(site: str) -> None:
     for arg in ("--headless=new", "--no-sandbox", "--ignore-certificate-errors", "--window-size=1100,1400",
                 "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP violations
     driver = webdriver.Chrome(options=options, service=Service(str(DRIVER)))
     SHOTS.mkdir(parents=True, exist_ok=True)
     by_id = lambda name: driver.find_element(By.ID, name)  # noqa: E731
@@ -118,6 +152,7 @@ def test_page_in_chromium(site: str) -> None:
         _wait(driver, lambda: by_id("main").is_displayed() and "running" in by_id("status").text, "status")
         print(f"\npage load with the key (status + models through the gateway): {time.monotonic() - start:.2f} s")
         assert "tiny:latest" in by_id("models").text and "Disk left" in by_id("status").text
+        assert "Image\nNeuralDrive 0.9.0-test" in by_id("status").text
         gpus = driver.find_elements(By.CSS_SELECTOR, "#gpus tr")
         # gpu.env names two; nvidia-smi also reports a third, without memory figures.
         assert [g.get_attribute("data-slot") for g in gpus] == ["0000:17:00.0", "0000:65:00.0", "0000:b3:00.0"]
@@ -147,6 +182,8 @@ def test_page_in_chromium(site: str) -> None:
         rows = by_id("bench-rows").text
         assert "generation (tokens/s) 50.0 50.0 50.0" in rows and "prompt (tokens/s) 400.0 400.0 400.0" in rows
         driver.save_screenshot(str(SHOTS / "4-chat-bench.png"))
+        blocked = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+        assert blocked == []
         by_id("forget").click()
         assert driver.execute_script("return sessionStorage.length") == 0
     finally:

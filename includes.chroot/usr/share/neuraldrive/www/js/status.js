@@ -26,6 +26,7 @@ const uptime = (t) => (t === null ? "unknown"
 // [label, text, class] for the summary list.
 export function summary(s) {
   return [
+    ...(s.version ? [["Image", `NeuralDrive ${s.version}`]] : []), // os-release IMAGE_VERSION, where the status has it
     ["Engine", s.engine_state === "running" ? `running, Ollama ${s.engine_version}` : `${s.engine_state}: ${s.engine_error}`, s.engine_state],
     ["GPU", `${s.gpu_summary}; VRAM used ${bytes(s.vram_used)}`],
     ...s.loaded.map((m) => ["Loaded", model(m)]),
