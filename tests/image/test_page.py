@@ -84,9 +84,17 @@ def test_page_status_is_what_neuraldrive_status_prints(host: Any, gateway: Gatew
             "active", "running", True), inst
 
 
-def test_bench_cli_reports_the_engines_counters(host: Any, model: str) -> None:
-    with host.sudo():
-        report = json.loads(host.check_output(f"neuraldrive bench {model} --runs 3 --json"))
+def unload(gateway: Gateway, api_key: str, model: str) -> None:
+    """The benchmark keeps its model loaded (keep_alive -1); later tests expect the engine as they found it."""
+    gateway.request("POST", "/api/generate", key=api_key, body={"model": model, "keep_alive": 0, "stream": False})
+
+
+def test_bench_cli_reports_the_engines_counters(host: Any, gateway: Gateway, api_key: str, model: str) -> None:
+    try:
+        with host.sudo():
+            report = json.loads(host.check_output(f"neuraldrive bench {model} --runs 3 --json"))
+    finally:
+        unload(gateway, api_key, model)
     assert report["model"] == model and report["runs"] == len(report["samples"]) == 3
     assert report["gpu_backend"] in ("cpu", "cuda", "vulkan", "rocm")
     for key, unit, scale in (("ttft_s", "ms", 1000), ("prompt_tps", "tokens/s", 1), ("gen_tps", "tokens/s", 1)):
@@ -161,3 +169,4 @@ def test_page_through_the_gateway(host: Any, gateway: Gateway, api_key: str, mod
     finally:
         print(f"screenshots: {SHOTS}")
         driver.quit()
+        unload(gateway, api_key, model)
