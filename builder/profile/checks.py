@@ -57,7 +57,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _PKG = re.compile(r"[a-z0-9][a-z0-9+.-]+(/[a-z0-9-]+)?")
 _MODEL = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?(:[A-Za-z0-9._-]{1,128})?")
 _URL = re.compile(r"(https?|file)://[!#-~]+")  # printable ASCII, no blank, no quote
-_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~-]{0,63}")
+VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~-]{0,63}")
 _VOLUME = re.compile(r"[A-Za-z0-9_ -]{1,32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DEVICES = re.compile(r"[0-9A-Za-z,-]{1,256}")
@@ -93,7 +93,7 @@ def check_profile(p: Profile, path: Path) -> None:
     need(_NAME, p.name, "name", "(the profile's file name) must be lower-case letters, digits and '-'")
     need(_NAME, p.image.name, "image.name", "must be lower-case letters, digits and '-'")
     need(_NAME, p.image.hostname, "image.hostname", "is not a valid host name")
-    need(_VERSION, p.image.version, "image.version", "is not a version")
+    need(VERSION, p.image.version, "image.version", "is not a version")
     need(_VOLUME, p.image.volume, "image.volume", "must be 1-32 letters, digits, '_', '-' or spaces")
     for dotted, (low, high) in INT_RANGES.items():
         value = _get(p, dotted)
@@ -160,7 +160,7 @@ def _check_ollama(p: Profile, bad: Any) -> None:
             raise bad("ollama.archive.sha256", f"{o.archive.sha256!r} is not a sha256 (64 hex digits)")
         if not _URL.fullmatch(o.archive.url):
             raise bad("ollama.archive.url", f"{o.archive.url!r} is not a URL")
-        if not _VERSION.fullmatch(o.archive.version):
+        if not VERSION.fullmatch(o.archive.version):
             raise bad("ollama.archive.version", f"{o.archive.version!r} is not a version")
     seconds = keep_alive_seconds(o.keep_alive)
     if seconds is None:

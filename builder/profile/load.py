@@ -17,7 +17,7 @@ from typing import Any, Union
 from builder.errors import ProfileError
 from builder.files import ROOT
 from builder.image.escape import describe, first_control
-from builder.profile.checks import check_profile
+from builder.profile.checks import VERSION, check_profile
 from builder.profile.schema import Profile
 from builder.profile.sshkeys import read_authorized_keys
 from builder.profile.strict_yaml import read_yaml, shown
@@ -164,3 +164,11 @@ def with_authorized_keys(profile: Profile, authorized_keys: Path) -> Profile:
         raise ProfileError(f"--authorized-keys: {authorized_keys}: no such file")
     read_authorized_keys(authorized_keys)  # only public keys: errors name the file and line
     return replace(profile, ssh=replace(profile.ssh, authorized_keys=str(authorized_keys.resolve())))
+
+
+def with_image_version(profile: Profile, version: str) -> Profile:
+    """The profile as release `version` (image.version, checked as the loader checks it): the upgrade
+    proof builds its release B so. The package layer's key does not read the version, so B reuses A's."""
+    if not VERSION.fullmatch(version):
+        raise ProfileError(f"{profile.source}: image.version: {version!r} is not a version")
+    return replace(profile, image=replace(profile.image, version=version))

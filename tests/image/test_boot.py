@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from builder.profile import load_profile
 
 
 def test_no_failed_units(host: Any) -> None:
@@ -44,3 +47,17 @@ def test_no_cache_rebuilds_at_boot(host: Any) -> None:
     for unit in ("ldconfig.service", "systemd-journal-catalog-update.service", "systemd-update-done.service"):
         shown = host.check_output(f"systemctl show -p ConditionResult -p ExecMainStartTimestampMonotonic {unit}")
         assert "ConditionResult=no" in shown, f"{unit} ran at boot:\n{shown}"
+
+
+def test_the_image_names_its_release(host: Any, profile_name: str) -> None:
+    """os-release(5): Debian's fields, plus IMAGE_ID/IMAGE_VERSION from the profile (hook 02-os-release);
+    `neuraldrive status --json` reports the same version."""
+    fields = dict(line.split("=", 1) for line in host.file("/usr/lib/os-release").content_string.splitlines()
+                  if "=" in line)
+    expected = load_profile(profile_name).image.version
+    assert fields["ID"] == "debian" and fields["IMAGE_ID"] == "neuraldrive"
+    assert fields["IMAGE_VERSION"].strip("'\"") == expected
+    assert host.check_output("readlink -f /etc/os-release") == "/usr/lib/os-release"
+    with host.sudo():
+        status = json.loads(host.check_output("neuraldrive status --json"))
+    assert status["version"] == expected

@@ -7,10 +7,15 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from builder.errors import ProfileError
 from builder.image import cache as layer
 from builder.image.cache import layer_for, layer_key, restore_layer, save_layer
 from builder.image.lbconfig import LbOption, lb_config_args, lb_config_options
+from builder.image.render import render_tree
 from builder.profile import load_profile
+from builder.profile.load import with_image_version
 
 
 def tree(tmp_path: Path, packages: str = "caddy\n") -> Path:
@@ -121,3 +126,22 @@ def test_normalize_mtimes_gives_what_the_packages_wrote_the_epoch(tmp_path: Path
     assert generated.stat().st_mtime == epoch and (chroot / "etc").stat().st_mtime == epoch
     assert (chroot / "etc/link").lstat().st_mtime == epoch
     assert changed >= 3
+
+
+def test_another_image_version_reuses_the_layer(tmp_path: Path) -> None:
+    """Release B of the upgrade proof (another image.version) restores release A's package layer: the
+    version reaches only the binary stage's labels and hook 02-os-release, never the key."""
+    release_a = load_profile("test")
+    release_b = with_image_version(release_a, "0.1.0+b")
+    keys = [layer_key(lb_config_options(p), render_tree(p, tmp_path / p.image.version, []), "1:20250505")
+            for p in (release_a, release_b)]
+    assert keys[0] == keys[1]
+    assert lb_config_args(release_a) != lb_config_args(release_b)  # the ISO's application label differs
+    hook = "config/hooks/live/02-os-release.hook.chroot"
+    assert (tmp_path / "0.1.0/config/hooks/live" / Path(hook).name).read_text() != (
+        tmp_path / "0.1.0+b" / hook).read_text()
+
+
+def test_an_image_version_is_checked_like_the_profiles() -> None:
+    with pytest.raises(ProfileError, match=r"image.version: '1 0' is not a version"):
+        with_image_version(load_profile("test"), "1 0")

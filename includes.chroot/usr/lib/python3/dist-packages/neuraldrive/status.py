@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import engine_state, healthcheck, instances
+from . import engine_state, healthcheck, instances, osrelease
 from .common import Runner, Settings
 from .engine_state import ENGINE_TIMEOUT_S, LoadedModel, loaded_model
 from .gpu import read_gpu_state
@@ -49,6 +49,7 @@ class Status:
     disk_free: int | None = None
     disk_total: int | None = None
     schema: int = SCHEMA
+    version: str | None = None  # the NeuralDrive release (os-release IMAGE_VERSION), None if unknown
 
     @property
     def vram_used(self) -> int | None:
@@ -104,6 +105,7 @@ class Sources:
     # The settings the instances' own files are laid over (their addresses); None: no instances.
     settings: Settings | None = None
     instances_dir: Path | None = None  # None: instances.INSTANCES_DIR
+    os_release: Path = osrelease.OS_RELEASE
 
 
 def _engine(src: Sources, status: Status) -> None:
@@ -150,4 +152,5 @@ def collect(src: Sources) -> Status:
     _instances(src, status)
     _health(src, status)
     _host(src, status)
+    status.version = osrelease.image_version(src.os_release)
     return status

@@ -50,4 +50,5 @@ def render_text(status: Status, engine_url: str) -> list[str]:
     if status.disk_free is not None and status.disk_total is not None:
         lines.append(f"Disk      {human_bytes(status.disk_free)} free of "
                      f"{human_bytes(status.disk_total)} on {status.disk_path}")
+    lines.append(f"Release   NeuralDrive {status.version or 'unknown'}")
     return lines
