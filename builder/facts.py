@@ -61,9 +61,13 @@ LOG_DIR: Final = "/var/log/neuraldrive"
 # (persistence.conf); without, the image has no such dir and journald keeps the journal in RAM.
 JOURNAL_DIR: Final = "/var/log/journal"
 # Public keys for the admin's SSH login written onto a stick (`build.py usb --authorized-keys`):
-# sshd reads <dir>/<user> (root-owned, world-readable: sshd reads it as the user); with such a file
-# a release image starts sshd, whose host keys firstboot makes on the persistence partition.
+# sshd reads <dir>/<user> (root-owned, world-readable: sshd reads it as the user); while the admin's
+# file is not empty any image runs sshd (ssh.service's drop-in and neuraldrive-ssh-keys.path, which
+# also catches the console writing it at runtime); host keys: firstboot, on the persistence partition.
 AUTHORIZED_KEYS_DIR: Final = "/var/lib/neuraldrive/authorized_keys"
+# sshd's port; the firewall opens it only while sshd runs (the ssh.service drop-in adds it to this set).
+SSH_PORT: Final = 22
+SSH_FIREWALL_SET: Final = "ssh_open"
 # persistence.conf of every stick and test disk: what live-boot keeps on the persistence partition.
 PERSISTENCE_CONF: Final = f"{STATE_DIR} bind\n{JOURNAL_DIR} bind\n"
 

@@ -27,7 +27,6 @@ COMPRESSION_LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "lzo": (1, 9)}  # what mk
 ARCHIVE_AREAS = ("main", "contrib", "non-free", "non-free-firmware")
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 ENGINE_PORT = facts.OLLAMA_PORT
-SSH_PORT = 22
 MAX_INSTANCES = 16
 MAX_EXTRA_ENV = 64
 MAX_KEEP_ALIVE_S = 8760 * 3600  # a year; negative means "forever" to Ollama
@@ -212,7 +211,7 @@ def _check_ollama(p: Profile, bad: Any) -> None:
 def _check_ports(p: Profile, bad: Any) -> None:
     taken = {ENGINE_PORT: f"the engine ({ENGINE_PORT})", facts.LLAMA_PORT: f"llama-server ({facts.LLAMA_PORT})"}
     if p.ssh.enabled:
-        taken[SSH_PORT] = f"SSH ({SSH_PORT})"
+        taken[facts.SSH_PORT] = f"SSH ({facts.SSH_PORT})"
     if p.gateway.port in taken:
         raise bad("gateway.port", f"{p.gateway.port} is already used by {taken[p.gateway.port]}")
     taken[p.gateway.port] = "gateway.port"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,26 @@ def test_squashfs_holds_no_secret(squashfs_tree: Path) -> None:
         assert os.environ["NEURALDRIVE_PROFILE"] == "test", path
         if expected is not None:
             assert path.read_text() == expected.read_text()
+
+
+def test_ssh_port_is_open_only_while_sshd_runs(host: Any) -> None:
+    """ssh.service's drop-in adds port 22 to the firewall's set at start and removes it at stop (our
+    session survives: Debian's ssh.service stops only the listener, KillMode=process)."""
+    listing = "nft list set inet neuraldrive ssh_open"
+    script = (f"{listing}; systemctl stop ssh.service; echo STOPPED; {listing}; systemctl start ssh.service; "
+              f"echo STARTED; {listing}")
+    with host.sudo():
+        out = host.check_output(f"sh -c {shlex.quote(script)}")
+    running, stopped, started = re.split(r"^(?:STOPPED|STARTED)$", out, flags=re.MULTILINE)
+    assert re.search(r"elements = \{ (22|ssh) \}", running), out
+    assert "elements" not in stopped, out
+    assert re.search(r"elements = \{ (22|ssh) \}", started), out
+
+
+def test_sshd_reads_the_sticks_keys(host: Any) -> None:
+    with host.sudo():
+        config = host.check_output("sshd -T")
+    files = re.search(r"^authorizedkeysfile (.+)$", config, re.MULTILINE)
+    assert files and "/var/lib/neuraldrive/authorized_keys/%u" in files[1].split(), config
+    assert host.service("neuraldrive-ssh-keys.path").is_running
+    assert host.run("systemctl is-enabled ssh.socket").stdout.strip() == "masked"
