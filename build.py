@@ -104,9 +104,9 @@ def clean(cache_dir: Path, everything: bool) -> None:
 @click.option("--offline", is_flag=True, help="Never download artifacts.")
 @click.option("--no-cache", is_flag=True, help="Build the ISO cold (no package layer from the cache).")
 @click.option("--stick/--no-stick", default=True, show_default=True,
-              help="Also write stick images with `usb --image` and boot them as disks (root): a plain one "
-                   "BIOS then UEFI (persistence across the reboot), and a LUKS one unlocked on the serial "
-                   "console through the ISO's \"encrypted persistence\" menu entry.")
+              help="Also build release B (another version) and write stick images with `usb --image` (root): a "
+                   "plain and a LUKS one, each booted as release A, upgraded in place to B (`usb --upgrade`) and "
+                   "booted again with everything kept; and a stick whose power is cut during its first boot.")
 @click.option("--ollama-archive", "real_archive", metavar="PATH", envvar="NEURALDRIVE_OLLAMA_ARCHIVE", type=shared.PATH,
               help="Run the same suite against this (real) ollama-linux-amd64.tar.zst instead of the test "
                    "double (env NEURALDRIVE_OLLAMA_ARCHIVE).")
@@ -167,9 +167,18 @@ def boot(check: bool, timeout: int, **spec: Any) -> None:
               help="The hybrid ISO to write.")
 @click.option("--device", help="Whole-disk block device to overwrite, e.g. /dev/sdb.")
 @click.option("--image", type=shared.PATH, help="Write a disk-image file instead.")
-@click.option("--size", default="16G", show_default=True, help="Size of the --image file.")
-@click.option("--persistence-size", default="100%", show_default=True,
-              help="Persistence partition size: a percentage of the free space or e.g. 32G.")
+@click.option("--size", help="Size of a new --image file [default: 16G].")
+@click.option("--persistence-size", help="Persistence partition size: a percentage of the free space or e.g. "
+                                         "32G [default: 100%].")
+@click.option("--system-size", help="Room for the system (the ISO and later, larger releases) before the persistence "
+                                    "partition [default: twice the ISO, at least 4 GiB, in whole GiB].")
+@click.option("--authorized-keys", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="OpenSSH public keys for neuraldrive-admin, put on the persistence partition: key-only SSH on "
+                   "the device, whatever its profile.")
+@click.option("--upgrade", is_flag=True, help="Write a new release over an existing NeuralDrive stick's system region "
+                                              "only; its persistence partition (plain or LUKS) stays as it is.")
+@click.option("--verify-persistence", is_flag=True,
+              help="With --upgrade: hash the whole persistence partition before and after (reads it twice).")
 @click.option("--encrypt", is_flag=True, help="LUKS2-encrypt the persistence partition.")
 @click.option("--passphrase-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Read the LUKS passphrase from this file instead of asking twice.")
@@ -178,7 +187,8 @@ def boot(check: bool, timeout: int, **spec: Any) -> None:
 @shared.profile_option(None, "Preload the models the profile's `preload` names from its store (instead of --models).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def usb(profile_name: str | None, **request: Any) -> None:
-    """Write an ISO to a USB stick (or --image file) and add the persistence partition after it."""
+    """Write an ISO to a USB stick (or --image file) and add the persistence partition after it; or, with
+    --upgrade, write a new release over a stick's system region and keep its persistence partition."""
     from builder.usb.command import UsbRequest, profile_preload, run_usb
 
     usb_request = UsbRequest(preload=profile_preload(profile_name), **request)

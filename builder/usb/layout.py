@@ -16,6 +16,12 @@ from builder.usb.errors import UsbError
 SECTOR = 512
 ALIGN = 1 << 20  # partitions start on MiB boundaries
 MIN_PERSISTENCE = 1 << 30
+GiB = 1 << 30
+# The system region a first write reserves by default (--system-size): twice the ISO, at least 4 GiB,
+# in whole GiB. Releases grow by whole GPU backends (a new CUDA major version ships next to the old
+# one in Ollama's archive); twice today's size takes one such step, and 4 GiB a CPU image's growth
+# into a GPU one. `usb --upgrade` can only write a release that fits in this region.
+MIN_SYSTEM = 4 * GiB
 ESP_GPT_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 MBR_ENTRIES = 446  # offset of the four 16-byte partition entries; the boot code before them stays
 GPT_BACKUP_SECTORS = 33
@@ -62,17 +68,25 @@ def align_up(value: int, to: int = ALIGN) -> int:
     return (value + to - 1) // to * to
 
 
+def default_system_size(iso_size: int) -> int:
+    return align_up(max(2 * iso_size, MIN_SYSTEM), GiB)
+
+
 def plan_partition(target_size: int, iso_size: int, persistence: str = "100%",
-                   min_persistence: int = MIN_PERSISTENCE) -> PartitionPlan:
-    """Where the persistence partition goes: right after the ISO (MiB-aligned) up to the size asked.
-    A percentage is of the space an MBR can address (the first 2 TiB); an explicit size past it is refused."""
-    start = align_up(iso_size)
+                   min_persistence: int = MIN_PERSISTENCE, system_size: int = 0) -> PartitionPlan:
+    """Where the persistence partition goes: after the system region (the ISO, or `system_size` if
+    larger, MiB-aligned) up to the size asked. A percentage is of the space an MBR can address (the
+    first 2 TiB); an explicit size past it is refused."""
+    if system_size and system_size < iso_size:
+        raise UsbError(f"--system-size {format_bytes(system_size)}: smaller than the {format_bytes(iso_size)} ISO")
+    start = align_up(max(iso_size, system_size))
     # The last sectors stay clear: write_partition_table wipes any backup GPT there.
     disk_end = (target_size - (GPT_BACKUP_SECTORS + 1) * SECTOR) // ALIGN * ALIGN
     available = min(disk_end, MBR_LIMIT) - start
     if available < min_persistence:
         raise UsbError(f"{format_bytes(target_size)} target: only {format_bytes(max(available, 0))} free after the "
-                       f"{format_bytes(iso_size)} ISO, below the minimum persistence {format_bytes(min_persistence)}")
+                       f"{format_bytes(start)} system region, below the minimum persistence "
+                       f"{format_bytes(min_persistence)}")
     if persistence.endswith("%"):
         percent = int(persistence[:-1]) if persistence[:-1].isdigit() else -1
         if not 1 <= percent <= 100:
@@ -122,9 +136,9 @@ def mbr_entry(bootable: bool, kind: int, start: int, sectors: int) -> bytes:
 
 
 def plan_layout(target_size: int, iso_size: int, esp: tuple[int, int], persistence: str = "100%",
-                min_persistence: int = MIN_PERSISTENCE) -> Layout:
+                min_persistence: int = MIN_PERSISTENCE, system_size: int = 0) -> Layout:
     """The whole stick layout for a target of `target_size` bytes; raises UsbError before anything is written."""
-    plan = plan_partition(target_size, iso_size, persistence, min_persistence)
+    plan = plan_partition(target_size, iso_size, persistence, min_persistence, system_size)
     iso_sectors = -(-iso_size // SECTOR)
     esp_start, esp_size = esp
     if esp_start < 1 or esp_start + esp_size > iso_sectors:

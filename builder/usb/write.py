@@ -49,7 +49,8 @@ class WriteReport:
     def summary(self) -> str:
         plan = self.partition
         return (f"wrote {self.target}: {self.written_bytes >> 20} MiB at {self.write_rate / 2**20:.0f} MiB/s, "
-                f"verified in {self.verify_seconds:.1f}s; persistence {plan.size >> 20 if plan else 0} MiB"
+                f"verified in {self.verify_seconds:.1f}s; system region {plan.start >> 20 if plan else 0} MiB, "
+                f"persistence {plan.size >> 20 if plan else 0} MiB"
                 f"{' (LUKS2)' if self.encrypted else ''}; models: {len(self.models)}")
 
 
@@ -213,8 +214,9 @@ def image_file(path: Path, size: int) -> Iterator[int]:
 
 
 def write_image(iso: Path, image: Path, size: int, persistence: str, passphrase: bytes | None,
-                models: ModelStore | None, kdf: tuple[str, ...] = ()) -> WriteReport:
+                models: ModelStore | None, kdf: tuple[str, ...] = (), system_size: int = 0,
+                authorized_keys: list[str] | None = None) -> WriteReport:
     """`usb --image` in one call: plan the layout (UsbError before the file exists), then write it."""
-    layout = plan_layout(size, iso.stat().st_size, esp_extent(iso), persistence)
+    layout = plan_layout(size, iso.stat().st_size, esp_extent(iso), persistence, system_size=system_size)
     with image_file(image, size) as fd:
-        return write_stick(iso, fd, image, layout, passphrase, models, kdf)
+        return write_stick(iso, fd, image, layout, passphrase, models, kdf, authorized_keys)
