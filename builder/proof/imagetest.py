@@ -67,6 +67,7 @@ def run_image_tests(
     accel: str,
     stick: bool = True,
     select: str | None = None,
+    iso_b: Path | None = None,
 ) -> Summary:
     summary = Summary(iso=str(iso))
     workdir = Path(tempfile.mkdtemp(prefix="neuraldrive-test-"))
@@ -117,7 +118,7 @@ def run_image_tests(
                 close_master(access)
                 vm.stop()
         if stick:
-            run_stick_tests(profile, iso, key, workdir, summary)
+            run_stick_tests(profile, iso, key, workdir, summary, iso_b)
             run_power_cut_tests(profile, iso, key, workdir, summary)
         ok = summary.ok
     except VMError as exc:

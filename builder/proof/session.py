@@ -23,6 +23,7 @@ from builder.proof.imagetest import run_image_tests
 from builder.proof.ollama_double.package import build_archive
 from builder.proof.server import serve_files
 from builder.proof.summary import Summary
+from builder.proof.upgrade import release_b, release_b_iso
 from builder.vm.guest import generate_key
 from builder.vm.machine import FIRMWARES, MEDIA
 
@@ -105,10 +106,16 @@ def prove_image(request: ProofRequest) -> Summary:
                             use_cache=request.use_cache).iso
             shutil.copyfile(run.key, key_for_iso(iso))
             key_for_iso(iso).chmod(0o600)
+            if request.stick:
+                # Release B for the upgrade proof: another version, from A's package layer (warm).
+                build_iso(release_b(run.profile), request.out_dir, request.cache_dir,
+                          run.build_options(request.offline), use_cache=True)
         elif not key_for_iso(iso).is_file():
             raise VMError(f"{iso}: no {key_for_iso(iso).name} beside it: test only ISOs built by `build.py test`")
+        iso_b = release_b_iso(iso, run.profile)
         return run_image_tests(run.profile, iso, key_for_iso(iso), run.archive, mode_list, request.out_dir,
-                               request.accel, request.stick, request.select)
+                               request.accel, request.stick, request.select,
+                               iso_b if request.stick and iso_b.is_file() else None)
 
 
 def measure(profile_name: str, out_dir: Path, boot_runs: int, modes: str) -> None:

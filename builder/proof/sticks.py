@@ -1,32 +1,44 @@
-"""Stick tests: `build.py usb --image` output booted as a disk. A plain stick keeps its persistence
-across a BIOS → UEFI reboot; a LUKS stick is unlocked on the serial console."""
+"""Stick tests: `build.py usb --image` output booted as a disk, then upgraded in place.
+
+A plain stick boots release A under BIOS, is used (model, marker, keys), upgraded to release B with
+`usb --upgrade --image` and boots B under UEFI with all of it kept; a LUKS stick does the same with
+its passphrase typed on the serial console. Both carry a second SSH key given only at write time
+(`usb --authorized-keys`): A lets it in beside the image's key, and B, built without SSH in its
+profile, is reached with it alone (builder/proof/upgrade.py).
+"""
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from builder import facts
-from builder.console import complete_step
+from builder.console import complete_step, info
 from builder.profile import Profile
+from builder.profile.sshkeys import read_authorized_keys
+from builder.proof import upgrade
 from builder.proof.boots import BOOT_TIMEOUT, BootFigures, boot_and_wait, poweroff
 from builder.proof.summary import Summary
-from builder.usb.layout import parse_size
+from builder.usb.layout import align_up, parse_size
 from builder.usb.write import write_image
-from builder.vm.guest import SshAccess, close_master, ssh, write_ssh_config
+from builder.vm.guest import SshAccess, close_master, generate_key, ssh, write_ssh_config
 from builder.vm.machine import VM, BootSpec
 from builder.vm.media import grub_entry_append
 
 STICK_PASSPHRASE = "neuraldrive image test"
-MARKER = f"{facts.OVERRIDE_DIR}/stick-marker"
+MARKER = upgrade.MARKER
+# Room for release B after A (the same image but for its version strings): the upgrade must fit.
+TEST_SYSTEM_HEADROOM = 64 << 20
 
 
-def write_test_stick(iso: Path, image: Path, encrypt: bool) -> None:
-
+def write_test_stick(iso: Path, image: Path, encrypt: bool, authorized_keys: list[str] | None = None) -> None:
     # Test sticks only: a cheap KDF, since the guest unlocks under TCG emulation where argon2id's
     # host-benchmarked cost (1 GiB, ~2 s natively) takes minutes. Real sticks keep the default.
     kdf = ("--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000") if encrypt else ()
-    write_image(iso, image, parse_size("3G"), "100%", STICK_PASSPHRASE.encode() if encrypt else None, None, kdf)
+    system = align_up(iso.stat().st_size) + TEST_SYSTEM_HEADROOM
+    write_image(iso, image, parse_size("3G"), "100%", STICK_PASSPHRASE.encode() if encrypt else None, None, kdf,
+                system_size=system, authorized_keys=authorized_keys)
 
 
 def _persistence_source(access: SshAccess) -> str:
@@ -36,77 +48,86 @@ def _persistence_source(access: SshAccess) -> str:
     return result.stdout.strip()
 
 
-def _no_failed_units(summary: Summary, label: str, figures: BootFigures) -> None:
-    if figures.failed_units:
-        summary.errors.append(f"{label}: failed units {figures.failed_units}")
-
-
-def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summary: Summary) -> None:
-    """`build.py usb --image` output booted as a disk: persistence survives a BIOS → UEFI reboot; an
-    encrypted stick boots with the kernel line of the ISO's own "encrypted persistence" menu entry
-    and its passphrase typed on the serial console."""
-    plain = workdir / "stick.img"
-    with complete_step("Writing a test stick image (build.py usb --image)"):
-        write_test_stick(iso, plain, encrypt=False)
-    marker = ""
-    for firmware in ("bios", "uefi"):
-        figures = BootFigures(mode=f"{firmware}-stick")
-        summary.boots.append(figures)
-        vm = VM(BootSpec(iso=plain, firmware=firmware, media="disk", writable_disk=True,
-                         gateway_guest_port=profile.gateway.port), workdir, name=f"{firmware}-stick")
-        access = write_ssh_config(workdir, key, vm.forwards.ssh)
-        try:
-            with complete_step(f"Booting the stick image ({firmware})"):
-                vm.start()
-                boot_and_wait(vm, access, figures, want_gateway=True)
-            source = _persistence_source(access)
-            if "persistence" not in source:
-                summary.errors.append(f"{firmware}-stick: {facts.STATE_DIR} is not on the persistence "
-                                      f"partition ({source or 'unknown'})")
-            if not marker:
-                marker = f"written on the {firmware} boot at {time.time():.0f}"
-                wrote = ssh(access, f"echo '{marker}' | sudo tee {MARKER} >/dev/null && sync && sudo cat {MARKER}")
-                if wrote.stdout.strip() != marker:
-                    summary.errors.append(f"{firmware}-stick: could not write {MARKER}: {wrote.stderr.strip()}")
-            else:
-                found = ssh(access, f"sudo cat {MARKER}").stdout.strip()
-                if found != marker:
-                    mounts = ssh(access, f"findmnt -n -T {facts.STATE_DIR}; ls -la {facts.OVERRIDE_DIR}")
-                    summary.errors.append(f"{firmware}-stick: marker from the previous boot is {found!r}, "
-                                          f"expected {marker!r} ({mounts.stdout.strip()})")
-                else:
-                    summary.passed += 1
-            _no_failed_units(summary, f"{firmware}-stick", figures)
-            poweroff(vm, access)
-        finally:
-            close_master(access)
-            vm.stop()
-    encrypted = workdir / "stick-luks.img"
-    with complete_step("Writing an encrypted test stick image (build.py usb --image --encrypt)"):
-        write_test_stick(iso, encrypted, encrypt=True)
-    figures = BootFigures(mode="bios-stick-luks")
+@contextmanager
+def booted(profile: Profile, image: Path, key: Path, workdir: Path, summary: Summary, label: str,
+           firmware: str = "bios", append: str | None = None) -> Iterator[tuple[VM, SshAccess]]:
+    """The stick booted to a ready gateway (`append`: the ISO's kernel with that command line and the
+    LUKS passphrase typed), checked to be on its persistence partition; powered off cleanly after."""
+    figures = BootFigures(mode=label)
     summary.boots.append(figures)
-    # The default entry: an encrypted stick must not need a menu choice to keep its persistence.
-    append = grub_entry_append(iso, "neuraldrive")
-    vm = VM(BootSpec(iso=encrypted, media="disk", writable_disk=True, kernel_append=append,
-                     gateway_guest_port=profile.gateway.port), workdir, name="luks-stick")
+    vm = VM(BootSpec(iso=image, firmware=firmware, media="disk", writable_disk=True, kernel_append=append,
+                     gateway_guest_port=profile.gateway.port), workdir, name=label)
     access = write_ssh_config(workdir, key, vm.forwards.ssh)
     try:
-        with complete_step("Booting the encrypted stick, typing the passphrase on the serial console"):
+        with complete_step(f"Booting {label}"):
             vm.start()
-            typing = vm.answer_prompts("Please unlock disk", STICK_PASSPHRASE + "\r")
+            typing = vm.answer_prompts("Please unlock disk", STICK_PASSPHRASE + "\r") if append else None
             try:
-                vm.wait_for_serial("Please unlock disk", BOOT_TIMEOUT)
+                if typing is not None:
+                    vm.wait_for_serial("Please unlock disk", BOOT_TIMEOUT)
                 boot_and_wait(vm, access, figures, want_gateway=True)
             finally:
-                typing.set()
+                if typing is not None:
+                    typing.set()
         source = _persistence_source(access)
-        if "crypt" not in source:
-            summary.errors.append(f"encrypted stick: {facts.STATE_DIR} is not on the unlocked LUKS volume "
-                                  f"({source or 'unknown'})")
-        else:
-            summary.passed += 1
-        _no_failed_units(summary, "encrypted stick", figures)
+        want = "crypt" if append else "persistence"
+        if want not in source:
+            summary.errors.append(f"{label}: {facts.STATE_DIR} is not on the persistence partition ({source or '?'})")
+        if figures.failed_units:
+            summary.errors.append(f"{label}: failed units {figures.failed_units}")
+        yield vm, access
+        poweroff(vm, access)
     finally:
         close_master(access)
         vm.stop()
+
+
+def _stick_key_opens(workdir: Path, stick_key: Path, port: int, label: str, summary: Summary) -> None:
+    """The key given only to `usb --authorized-keys` logs in (sshd reads the stick's file too)."""
+    access = write_ssh_config(stick_key.parent, stick_key, port)
+    try:
+        result = ssh(access, "id -un")
+    finally:
+        close_master(access)
+    if result.stdout.strip() != facts.ADMIN_USER:
+        summary.errors.append(f"{label}: the stick's SSH key did not log in: {result.stderr.strip()[-200:]}")
+    else:
+        summary.passed += 1
+
+
+def _prove_stick(profile: Profile, iso: Path, iso_b: Path | None, key: Path, stick_key: Path, workdir: Path,
+                 summary: Summary, encrypt: bool) -> None:
+    kind = "luks-stick" if encrypt else "stick"
+    image = workdir / f"{kind}.img"
+    with complete_step(f"Writing a {'LUKS ' if encrypt else ''}test stick image (build.py usb --image "
+                       f"--authorized-keys{' --encrypt' if encrypt else ''})"):
+        write_test_stick(iso, image, encrypt, read_authorized_keys(Path(f"{stick_key}.pub")))
+    append = grub_entry_append(iso, "neuraldrive") if encrypt else None  # the default entry: no menu choice
+    with booted(profile, image, key, workdir, summary, f"bios-{kind} (release A)", "bios", append) as (vm, access):
+        _stick_key_opens(workdir, stick_key, vm.forwards.ssh, f"{kind} A", summary)
+        state_a = upgrade.use_the_device(access, f"{kind} A", summary)
+    if iso_b is None:
+        summary.skipped += 1
+        info(f"  no release B beside {iso.name}: the upgrade of the {kind} is not proved")
+        return
+    with complete_step(f"Upgrading the {kind} to {iso_b.name} (build.py usb --upgrade --image)"):
+        report = upgrade.upgrade(iso_b, image, kind, summary)
+    if report is None:
+        return
+    info(f"  {report.summary()}")
+    profile_b = upgrade.release_b(profile)
+    append_b = grub_entry_append(iso_b, "neuraldrive") if encrypt else None
+    firmware = "bios" if encrypt else "uefi"  # the LUKS entry's kernel is booted directly either way
+    with booted(profile_b, image, stick_key, workdir, summary, f"{firmware}-{kind} (release B)", firmware,
+                append_b) as (vm, access):
+        upgrade.check_release_b(access, key, workdir, vm.forwards.ssh, state_a, profile_b, f"{kind} B", summary)
+
+
+def run_stick_tests(profile: Profile, iso: Path, key: Path, workdir: Path, summary: Summary,
+                    iso_b: Path | None = None) -> None:
+    """A plain and a LUKS stick: written from release A with a second SSH key, used, upgraded in place to
+    release B (when `iso_b` is given), booted again with everything kept."""
+    (workdir / "stick-key").mkdir(exist_ok=True)
+    stick_key = generate_key(workdir / "stick-key")
+    for encrypt in (False, True):
+        _prove_stick(profile, iso, iso_b, key, stick_key, workdir, summary, encrypt)

@@ -16,6 +16,7 @@ from builder.image.lbconfig import LbOption, lb_config_args, lb_config_options
 from builder.image.render import render_tree
 from builder.profile import load_profile
 from builder.profile.load import with_image_version
+from builder.proof import upgrade as proof_upgrade
 
 
 def tree(tmp_path: Path, packages: str = "caddy\n") -> Path:
@@ -129,17 +130,18 @@ def test_normalize_mtimes_gives_what_the_packages_wrote_the_epoch(tmp_path: Path
 
 
 def test_another_image_version_reuses_the_layer(tmp_path: Path) -> None:
-    """Release B of the upgrade proof (another image.version) restores release A's package layer: the
-    version reaches only the binary stage's labels and hook 02-os-release, never the key."""
+    """Release B of the upgrade proof (another image.version, SSH off in the profile) restores release
+    A's package layer: the version reaches only the binary stage's labels and hook 02-os-release, SSH
+    only units and includes, never the key."""
     release_a = load_profile("test")
-    release_b = with_image_version(release_a, "0.1.0+b")
+    release_b = proof_upgrade.release_b(release_a)
+    assert release_b.image.version == "0.1.0+upgrade" and not release_b.ssh.enabled
     keys = [layer_key(lb_config_options(p), render_tree(p, tmp_path / p.image.version, []), "1:20250505")
-            for p in (release_a, release_b)]
-    assert keys[0] == keys[1]
+            for p in (release_a, release_b, with_image_version(release_a, "7"))]
+    assert keys[0] == keys[1] == keys[2]
     assert lb_config_args(release_a) != lb_config_args(release_b)  # the ISO's application label differs
     hook = "config/hooks/live/02-os-release.hook.chroot"
-    assert (tmp_path / "0.1.0/config/hooks/live" / Path(hook).name).read_text() != (
-        tmp_path / "0.1.0+b" / hook).read_text()
+    assert (tmp_path / "0.1.0" / hook).read_text() != (tmp_path / "0.1.0+upgrade" / hook).read_text()
 
 
 def test_an_image_version_is_checked_like_the_profiles() -> None:
