@@ -124,7 +124,7 @@ def run_image_tests(
     except VMError as exc:
         summary.errors.append(str(exc))
     finally:
-        summary.figures = recorded_figures(state_file)
+        summary.figures = {**recorded_figures(state_file), **summary.figures}  # the suite's, then the sticks'
         print_summary(summary)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "test-summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
