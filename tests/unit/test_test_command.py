@@ -16,6 +16,7 @@ from builder.proof import session
 from builder.proof.imagetest import pytest_command
 from builder.proof.session import ProofRequest
 from builder.vm.guest import SshAccess
+from tests.image.conftest import REQUIRED
 
 
 def test_k_reaches_the_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,10 +46,7 @@ def collected(phase: str, select: str | None, tmp_path: Path) -> list[str]:
     config.write_text("")
     access = SshAccess(key=tmp_path / "key", config=config, port=1)
     cmd = [*pytest_command(phase, access, tmp_path / "junit.xml", select), "--collect-only"]
-    env = {**os.environ, **{name: "1" for name in ("NEURALDRIVE_GATEWAY_PORT", "NEURALDRIVE_ENGINE_FORWARD_PORT",
-                                                     "NEURALDRIVE_ISO", "NEURALDRIVE_TEST_ARCHIVE",
-                                                     "NEURALDRIVE_PROFILE")},
-           "NEURALDRIVE_STATE": str(tmp_path / "state.json")}
+    env = {**os.environ, **dict.fromkeys(REQUIRED, "1"), "NEURALDRIVE_STATE": str(tmp_path / "state.json")}
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False).stdout
     return sorted(line.split("::")[1].split("[")[0] for line in out.splitlines() if "::" in line)
 
