@@ -3,7 +3,8 @@
 
 Thin CLI: each command parses its options and calls one function of builder/; the option groups the
 commands share and the error mapping (exit 2 bad input, 1 build or run failure, one-line messages)
-live in builder/cli.py.
+live in builder/cli.py. Where a command's options make one request (test, boot, usb, release), they
+reach it as `**request`: a new option is a click option here and a field of that dataclass.
 """
 
 from __future__ import annotations
