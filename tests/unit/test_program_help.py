@@ -15,6 +15,7 @@ HELP_MENTIONS = {
     "gpu-idle": ("NEURALDRIVE_IDLE_TIMEOUT", "--once"),
     "healthcheck": ("--restart-engine",),
     "issue-refresh": ("/etc/issue",),
+    "status-page": ("/run/neuraldrive/page/status.json", "NEURALDRIVE_STATUS_INTERVAL", "--once"),
 }
 
 

@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import OllamaDouble
-from tests.fixtures.gpu import FakeRunner, clean_env, lib, program
+from tests.fixtures.gpu import FakeRunner, lib
 
 page = lib("status_page")
 gpu = lib("gpu")
@@ -93,8 +92,3 @@ def test_loop_rewrites_until_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyP
         signal.signal(signal.SIGINT, handlers[1])
     assert len(times) == 2 and times[1] > times[0]
 
-
-def test_help() -> None:
-    result = subprocess.run([*program("usr/lib/neuraldrive/status-page"), "--help"],
-                            capture_output=True, text=True, env=clean_env(), timeout=30, check=False)
-    assert result.returncode == 0 and "/run/neuraldrive/page/status.json" in result.stdout
