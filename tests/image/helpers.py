@@ -49,6 +49,14 @@ class Gateway:
             return Response(err.code, err.read(), dict(err.headers))
 
 
+# "Keep it small": the operator page's own files (HTML, CSS, JS), as the browser loads them.
+PAGE_BUDGET = 64 * 1024
+# In the browser: those bytes (the navigation plus every script and style, not the API calls it makes).
+PAGE_BYTES_JS = ("const nav = performance.getEntriesByType('navigation')[0];"
+                 "const files = performance.getEntriesByType('resource').filter((e) => e.initiatorType !== 'fetch');"
+                 "return nav.decodedBodySize + files.reduce((n, e) => n + e.decodedBodySize, 0);")
+
+
 def save_state(values: dict[str, Any]) -> None:
     path = Path(os.environ["NEURALDRIVE_STATE"])
     current = json.loads(path.read_text()) if path.exists() else {}

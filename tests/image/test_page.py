@@ -14,13 +14,10 @@ from typing import Any
 
 import pytest
 
-from tests.image.helpers import Gateway, record_figure
+from tests.image.helpers import PAGE_BUDGET, PAGE_BYTES_JS, Gateway, record_figure
 
-webdriver = pytest.importorskip("selenium.webdriver")
 SHOTS = Path(__file__).resolve().parents[2] / "out" / "screenshots" / "image"
 STATUS = "/run/neuraldrive/page/status.json"
-# "Keep it small": the page's own files (HTML, CSS, JS) as the browser loads them.
-PAGE_BUDGET = 64 * 1024
 
 
 def _wait(check: Any, what: str, timeout: float = 60) -> None:
@@ -104,17 +101,9 @@ def test_bench_cli_reports_the_engines_counters(host: Any, gateway: Gateway, api
                       "/".join(f"{spread[k] * scale:.1f}" for k in ("min", "median", "max")) + f" {unit}")
 
 
-def _page_bytes(driver: Any) -> int:
-    """The page's own files as the browser loaded them (the navigation plus every script and style;
-    not the API calls it makes)."""
-    return int(driver.execute_script(
-        "const nav = performance.getEntriesByType('navigation')[0];"
-        "const files = performance.getEntriesByType('resource').filter((e) => e.initiatorType !== 'fetch');"
-        "return nav.decodedBodySize + files.reduce((n, e) => n + e.decodedBodySize, 0);"))
-
-
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (scripts/setup-host)")
 def test_page_through_the_gateway(host: Any, gateway: Gateway, api_key: str, model: str) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")  # only this test needs it
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.select import Select
@@ -142,7 +131,7 @@ def test_page_through_the_gateway(host: Any, gateway: Gateway, api_key: str, mod
               and model in by_id("models").text, "status and models")
         record_figure("page ready after the key (status + models through the gateway)",
                       f"{time.monotonic() - start:.2f} s")
-        size = _page_bytes(driver)
+        size = int(driver.execute_script(PAGE_BYTES_JS))
         record_figure("page total size (HTML, CSS, JS)", f"{size} bytes")
         assert 0 < size <= PAGE_BUDGET
         rows = driver.find_elements(By.CSS_SELECTOR, "#gpus tr")
@@ -167,6 +156,6 @@ def test_page_through_the_gateway(host: Any, gateway: Gateway, api_key: str, mod
             record_figure(f"page benchmark {name} min/median/max", "/".join(values))
         driver.save_screenshot(str(SHOTS / "3-chat-bench.png"))
     finally:
-        print(f"screenshots: {SHOTS}")
+        record_figure("page screenshots", str(SHOTS))
         driver.quit()
         unload(gateway, api_key, model)

@@ -24,6 +24,7 @@ from builder.proof.ollama_double import SCRIPT, write_model
 from tests.conftest import _free_port, _wait_ready
 from tests.fixtures.gateway import API, auth_socket_fixture, caddy_gateway, keys_fixture, request  # noqa: F401
 from tests.fixtures.gpu import CHROOT, FakeRunner, lib
+from tests.image.helpers import PAGE_BUDGET, PAGE_BYTES_JS
 
 status = lib("status")
 status_gpus = lib("status_gpus")
@@ -89,10 +90,6 @@ def test_static_files_are_open_status_needs_the_key(site: str) -> None:
     assert request(site, "GET", "/nd/../gpu.env", f"Bearer {API}")[0] == 404
 
 
-# "Keep the page small" (the image test records the size the browser loads and holds it to this too).
-PAGE_BUDGET = 64 * 1024
-
-
 def test_page_files_are_small_and_load_nothing_from_elsewhere() -> None:
     """No external URL, no inline script or style (the CSP would block them), within the budget."""
     files = sorted(p for p in WWW.rglob("*") if p.is_file())
@@ -153,6 +150,8 @@ def test_page_in_chromium(site: str) -> None:
         print(f"\npage load with the key (status + models through the gateway): {time.monotonic() - start:.2f} s")
         assert "tiny:latest" in by_id("models").text and "Disk left" in by_id("status").text
         assert "Image\nNeuralDrive 0.9.0-test" in by_id("status").text
+        on_disk = sum(p.stat().st_size for p in WWW.rglob("*") if p.is_file())
+        assert int(driver.execute_script(PAGE_BYTES_JS)) == on_disk <= PAGE_BUDGET  # every file, nothing else
         gpus = driver.find_elements(By.CSS_SELECTOR, "#gpus tr")
         # gpu.env names two; nvidia-smi also reports a third, without memory figures.
         assert [g.get_attribute("data-slot") for g in gpus] == ["0000:17:00.0", "0000:65:00.0", "0000:b3:00.0"]
