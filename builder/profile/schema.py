@@ -152,6 +152,13 @@ class Ssh:
 
 
 @dataclass(frozen=True)
+class Console:
+    # The menu on tty1 and the serial console instead of a login prompt (physical presence is the
+    # credential: docs/appliance.md); false keeps the login prompt (every password is locked).
+    menu: bool = True
+
+
+@dataclass(frozen=True)
 class Preload:
     """Models `build.py usb --profile` copies onto the stick's persistence partition."""
 
@@ -174,6 +181,7 @@ class Profile:
     healthcheck: HealthCheck = field(default_factory=HealthCheck)
     gateway: Gateway = field(default_factory=Gateway)
     ssh: Ssh = field(default_factory=Ssh)
+    console: Console = field(default_factory=Console)
     preload: Preload = field(default_factory=Preload)
     packages: tuple[str, ...] = ()
 

@@ -1,4 +1,5 @@
-"""Boot measurement: one boot timed from QEMU start to the login prompt, SSH, a settled system and
+"""Boot measurement: one boot timed from QEMU start to the console (the menu; the login prompt with
+console.menu: false), SSH, a settled system and
 a ready gateway, with the guest's own account of where the time went."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from builder.errors import VMError
 from builder.proof.probe import api_key_from_serial, gateway_ready
 from builder.vm.guest import SshAccess, close_master, ssh, ssh_answers, write_ssh_config
 from builder.vm.machine import VM, BootSpec
+from builder.vm.screen import wait_for_console
 
 BOOT_TIMEOUT = 600.0
 API_KEY_COMMAND = f"sudo cat {facts.API_KEY_FILE}"
@@ -23,7 +25,8 @@ class BootFigures:
     mode: str
     accel: str = ""
     qemu: str = ""  # which QEMU ran it (version, host's or the tools root's): boot times depend on it
-    login_prompt_s: float | None = None
+    # Power-on to the console's first screen: the menu, or the login prompt (console.menu: false).
+    console_s: float | None = None
     ssh_s: float | None = None
     system_running_s: float | None = None
     gateway_ready_s: float | None = None
@@ -33,9 +36,9 @@ class BootFigures:
 
 
 def boot_and_wait(vm: VM, access: SshAccess, figures: BootFigures, want_gateway: bool) -> str:
-    """Wait for the login prompt, SSH, a settled system and (optionally) the gateway; returns the API key."""
+    """Wait for the console, SSH, a settled system and (optionally) the gateway; returns the API key."""
     figures.accel, figures.qemu = vm.accel, vm.qemu.description
-    figures.login_prompt_s = round(vm.wait_for_serial("login:", BOOT_TIMEOUT), 1)
+    figures.console_s = round(wait_for_console(vm, BOOT_TIMEOUT), 1)
     figures.ssh_s = round(vm.wait_until("SSH", lambda: ssh_answers(access), BOOT_TIMEOUT), 1)
     state = ssh(access, "systemctl is-system-running --wait", timeout=BOOT_TIMEOUT)
     figures.system_running_s = round(vm.elapsed(), 1)
@@ -62,14 +65,14 @@ ANALYZE = ("systemd-analyze; systemd-analyze critical-chain --no-pager; systemd-
 
 
 def measure_boot(spec: BootSpec, key: Path | None, workdir: Path) -> BootFigures:
-    """One boot, timed from QEMU start: login prompt, SSH (if the image has it), gateway ready."""
+    """One boot, timed from QEMU start: console, SSH (if the image has it), gateway ready."""
     figures = BootFigures(mode=f"{spec.firmware}-{spec.media}")
     vm = VM(spec, workdir)
     access = write_ssh_config(workdir, key, vm.forwards.ssh) if key is not None else None
     try:
         vm.start()
         figures.accel, figures.qemu = vm.accel, vm.qemu.description
-        figures.login_prompt_s = round(vm.wait_for_serial("login:", BOOT_TIMEOUT), 1)
+        figures.console_s = round(wait_for_console(vm, BOOT_TIMEOUT), 1)
         if access is not None:
             figures.ssh_s = round(vm.wait_until("SSH", lambda: ssh_answers(access), BOOT_TIMEOUT), 1)
             api_key = ssh(access, API_KEY_COMMAND).stdout.strip()

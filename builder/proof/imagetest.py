@@ -1,7 +1,7 @@
 """`build.py test`: build (or take) a test ISO, boot it in QEMU, run tests/image with testinfra.
 
 Run plan: the full suite on one boot with a persistence disk attached, a clean poweroff, a second
-boot on the same disk for the persistence checks, then a smoke boot (login prompt, SSH, no failed
+boot on the same disk for the persistence checks, then a smoke boot (console, SSH, no failed
 units) for each other boot mode. Figures (boot-to-SSH, boot-to-gateway-ready) are printed and
 written to test-summary.json; on failure the serial logs are kept under --out.
 """
@@ -47,7 +47,8 @@ def run_pytest(phase: str, access: SshAccess, vm: VM, env: dict[str, str], workd
     cmd = pytest_command(phase, access, junit, select)
     full_env = {**os.environ, **env, "NEURALDRIVE_GATEWAY_PORT": str(vm.forwards.gateway),
                 "NEURALDRIVE_ENGINE_FORWARD_PORT": str(vm.forwards.engine),
-                "NEURALDRIVE_SERIAL_LOG": str(vm.serial_log), "NEURALDRIVE_SSH_CONFIG": str(access.config)}
+                "NEURALDRIVE_SERIAL_LOG": str(vm.serial_log),
+                "NEURALDRIVE_SERIAL_SOCKET": str(vm.serial_socket), "NEURALDRIVE_SSH_CONFIG": str(access.config)}
     subprocess.run(cmd, env=full_env, check=False, cwd=ROOT)
     if not junit.is_file():
         return 0, 1, 0
@@ -90,7 +91,7 @@ def run_image_tests(
                 with complete_step(f"Booting {iso.name} ({modes[0]}, {phase})"):
                     vm.start()
                     boot_and_wait(vm, access, figures, want_gateway=True)
-                info(f"  login prompt {figures.login_prompt_s}s, SSH {figures.ssh_s}s, "
+                info(f"  console {figures.console_s}s, SSH {figures.ssh_s}s, "
                      f"gateway ready {figures.gateway_ready_s}s after QEMU start ({vm.accel})")
                 with complete_step(f"Running tests/image ({phase})"):
                     passed, failed, skipped = run_pytest(phase, access, vm, env, workdir, select)

@@ -10,7 +10,9 @@ import urllib.error
 import urllib.request
 
 from builder.errors import VMError
+from builder.proof.consolemenu import api_key_on_console
 from builder.vm.machine import VM
+from builder.vm.screen import LOGIN_PROMPT, MENU_TITLE, SerialScreen
 
 
 def gateway_ready(port: int, api_key: str) -> bool:
@@ -31,7 +33,11 @@ _SERIAL_KEY = re.compile(r"API key:\s+(nd-[A-Za-z0-9_-]{32,})")
 
 
 def api_key_from_serial(vm: VM, timeout: float) -> str:
-    """The key as the console greeting shows it (release images have no SSH to ask)."""
+    """The key as the console shows it (release images have no SSH to ask): the console menu's URL
+    screen, or the greeting above the login prompt of an image built with console.menu: false."""
+    screen = SerialScreen.of(vm)
+    if screen.wait_for(MENU_TITLE, max(1.0, vm.started + timeout - time.monotonic()), LOGIN_PROMPT) == MENU_TITLE:
+        return api_key_on_console(screen)
     deadline = vm.started + timeout
     while time.monotonic() < deadline:
         found = _SERIAL_KEY.findall(vm.serial_log.read_text(errors="replace"))

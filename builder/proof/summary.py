@@ -28,9 +28,9 @@ class Summary:
 
 def print_summary(summary: Summary) -> None:
     info("")
-    info(f"{'boot':<28}{'accel':<6}{'login':>8}{'SSH':>8}{'running':>9}{'gateway':>9}  failed units")
+    info(f"{'boot':<28}{'accel':<6}{'console':>8}{'SSH':>8}{'running':>9}{'gateway':>9}  failed units")
     for b in summary.boots:
-        cells = [b.login_prompt_s, b.ssh_s, b.system_running_s, b.gateway_ready_s]
+        cells = [b.console_s, b.ssh_s, b.system_running_s, b.gateway_ready_s]
         widths = (8, 8, 9, 9)
         shown = "".join(f"{(f'{c:.0f}s' if c is not None else '-'):>{w}}" for c, w in zip(cells, widths, strict=True))
         info(f"{b.mode:<28}{b.accel:<6}{shown}  {' '.join(b.failed_units) or 'none'}")

@@ -148,5 +148,5 @@ def _boot_check(iso: Path, accel: str) -> None:
     from builder.vm.boot import boot_iso
     from builder.vm.machine import BootSpec
 
-    with complete_step(f"Boot check: {iso.name} (BIOS, CD) to the login prompt"):
+    with complete_step(f"Boot check: {iso.name} (BIOS, CD) to the console"):
         boot_iso(BootSpec(iso=iso, accel=accel), True, 900)

@@ -10,10 +10,12 @@ from builder import facts
 from builder.console import info
 from builder.vm.machine import VM, BootSpec
 from builder.vm.media import make_persistence_disk
+from builder.vm.screen import wait_for_console
 
 
 def boot_iso(spec: BootSpec, check: bool, timeout: int) -> None:
-    """Boot until the login prompt; then exit (`check`) or keep the guest running until Ctrl-C."""
+    """Boot until the console (the menu, or the login prompt); then exit (`check`) or keep the guest
+    running until Ctrl-C."""
     with tempfile.TemporaryDirectory(prefix="neuraldrive-boot-") as tmp:
         if spec.persistence_disk is not None and not spec.persistence_disk.exists():
             make_persistence_disk(spec.persistence_disk)
@@ -24,8 +26,8 @@ def boot_iso(spec: BootSpec, check: bool, timeout: int) -> None:
                  f"serial log {vm.serial_log}; "
                  f"ssh -p {vm.forwards.ssh} {facts.ADMIN_USER}@127.0.0.1; gateway https://127.0.0.1:"
                  f"{vm.forwards.gateway}/")
-            seconds = vm.wait_for_serial("login:", timeout)
-            print(f"login prompt after {seconds:.0f}s ({spec.firmware}, {spec.media}, {vm.accel})", flush=True)
+            seconds = wait_for_console(vm, timeout)
+            print(f"console after {seconds:.0f}s ({spec.firmware}, {spec.media}, {vm.accel})", flush=True)
             if not check:
                 info("running; Ctrl-C stops the VM")
                 while vm.alive():

@@ -26,6 +26,7 @@ from builder.console import debug
 from builder.errors import VMError
 from builder.vm.media import extract_from_iso, iso_kernel_path
 from builder.vm.qemu import OVMF_DIR, select_qemu
+from builder.vm.screen import type_keys
 
 OVMF_CODE = "OVMF_CODE_4M.fd"
 OVMF_VARS = "OVMF_VARS_4M.fd"
@@ -179,15 +180,7 @@ class VM:
         return kvm_works(kernel)
 
     def type_on_serial(self, text: str) -> None:
-        """Send keystrokes to the guest's serial console, at typing speed: QEMU takes from the socket
-        only what the emulated UART's 16-byte FIFO can hold and drops the rest when the client
-        hangs up, so a burst followed by close loses keys."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(str(self.serial_socket))
-            for char in text:
-                sock.sendall(char.encode())
-                time.sleep(0.05)
-            time.sleep(1.0)  # let the guest drain the FIFO before the hang-up
+        type_keys(self.serial_socket, text)
 
     def answer_prompts(self, prompt: str, answer: str) -> threading.Event:
         """Type `answer` each time a new `prompt` shows on the serial console (live-boot asks for a

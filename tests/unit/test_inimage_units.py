@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder import facts
+from builder.files import ROOT
 from builder.image.render import render_file
 from builder.profile import Profile, load_profile
 from tests.fixtures.gpu import CHROOT, lib
@@ -135,7 +136,8 @@ def test_in_image_paths_match_the_builders_facts() -> None:
     unit name (the builder names units by their files)."""
     paths = {name: value for name, value in vars(lib("paths")).items() if name.isupper()}
     mirrored = {name for name in paths if hasattr(facts, name)}
-    assert {"API_KEY_FILE", "STATE_DIR", "GPU_ENV", "OLLAMA_PORT", "CONF_FILES"} <= mirrored
+    assert {"API_KEY_FILE", "STATE_DIR", "GPU_ENV", "OLLAMA_PORT", "CONF_FILES", "AUTHORIZED_KEYS_DIR",
+            "ADMIN_USER"} <= mirrored
     for name in mirrored:
         assert paths[name] == getattr(facts, name), name
     for name in paths.keys() - mirrored:
@@ -152,3 +154,36 @@ def test_units_load_the_settings_files_in_order() -> None:
         listed = [f if f.startswith(facts.ETC_DIR) else f"-{f}" for f in facts.CONF_FILES]
         assert [f for f in loaded if f.lstrip("-") in facts.CONF_FILES] in (
             [], listed, listed[:2], listed[2:]), template.name
+
+
+CONSOLE_UNIT = "neuraldrive-console@.service"  # its exposure limit: test_render.EXPOSURE_LIMITS
+
+
+def test_console_unit_takes_the_gettys_place_and_needs_only_its_exceptions() -> None:
+    text = render(UNIT_DIR / f"{CONSOLE_UNIT}.j2", load_profile("default"))
+    lines = set(text.splitlines())
+    assert {"Conflicts=getty@%i.service serial-getty@%i.service autovt@%i.service", "Restart=always",
+            "StandardInput=tty", "TTYPath=/dev/%I", "Type=idle", "WantedBy=getty.target",
+            "StartLimitIntervalSec=0", "StateDirectoryMode=0755",
+            f"StateDirectory={facts.AUTHORIZED_KEYS_DIR.removeprefix('/var/lib/')}"} <= lines
+    assert "CapabilityBoundingSet=CAP_CHOWN CAP_SYS_BOOT" in lines
+    assert f"ReadWritePaths={facts.SECRETS_DIR}" in lines  # not the models, not /etc
+    for kept in ("ProtectSystem=strict", "NoNewPrivileges=yes", "ProtectHome=yes", "PrivateTmp=yes",
+                 "IPAddressAllow=localhost", "IPAddressDeny=any", "ProtectKernelModules=yes"):
+        assert kept in lines, kept
+    serial = (UNIT_DIR / "neuraldrive-console@ttyS0.service.d/serial.conf").read_text()
+    assert "BindsTo=dev-%i.device" in serial  # no serial port, no serial console (as serial-getty@)
+
+
+def test_console_menu_replaces_the_gettys_unless_the_profile_keeps_them() -> None:
+    hook = ROOT / "hooks/04-enable-units.hook.chroot.j2"
+    packages = ROOT / "packages.lists/base.list.chroot.j2"
+    profile = load_profile("default")
+    assert profile.console.menu
+    enabled, listed = render(hook, profile), render(packages, profile).split()
+    assert "systemctl enable neuraldrive-console@tty1.service neuraldrive-console@ttyS0.service" in enabled
+    assert "systemctl mask getty@tty1.service autovt@tty1.service serial-getty@ttyS0.service" in enabled
+    assert {"dialog", "qrencode", "openssh-server"} <= set(listed)  # ssh-keygen: openssh-client, its dependency
+    off = dataclasses.replace(profile, console=dataclasses.replace(profile.console, menu=False))
+    assert "neuraldrive-console" not in render(hook, off) and "getty" not in render(hook, off)
+    assert "dialog" not in render(packages, off).split()

@@ -181,7 +181,7 @@ def test_key_show(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     def denied(path: object) -> str:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(admin, "read_api_key", denied)
+    monkeypatch.setattr(lib("keys"), "read_api_key", denied)
     assert admin.main(["key", "show"], ctx) == 1
     assert "permission denied (run as root or as a member of group neuraldrive-api)" in (
         capsys.readouterr().err)

@@ -7,23 +7,20 @@ files win, then the environment).
 from __future__ import annotations
 
 import argparse
-import grp
 import json
 import os
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import bench, healthcheck, instances, llama_server, logs, status, status_text
-from .appliance import api_urls, read_api_key
+from . import bench, healthcheck, instances, keys, llama_server, logs, status, status_text
+from .appliance import api_urls
 from .common import (
     ConfigError,
     Runner,
     Settings,
-    atomic_write,
     fail,
     human_bytes,
     load_conf_files,
@@ -37,7 +34,6 @@ from .paths import (
     CONF_FILES,
     ENGINE_UNIT,
     GPU_ENV,
-    ISSUE_UNIT,
     STATE_DIR,
 )
 
@@ -184,49 +180,6 @@ def cmd_health(ctx: Context, _args: argparse.Namespace) -> int:
     return healthcheck.run_checks(ctx.settings, ctx.gpu_env, ctx.state_dir, ctx.run)
 
 
-def _key_file(ctx: Context, args: argparse.Namespace) -> Path:
-    return ctx.admin_key_file if args.admin else ctx.key_file
-
-
-def cmd_key_show(ctx: Context, args: argparse.Namespace) -> int:
-    key_file = _key_file(ctx, args)
-    try:
-        key = read_api_key(key_file)
-    except PermissionError:
-        return fail(PROG, f"cannot read {key_file}: permission denied (run as root or as a "
-                          f"member of group {ctx.key_group})")
-    except FileNotFoundError:
-        kind = "admin" if args.admin else "API"
-        return fail(PROG, f"no {kind} key at {key_file} yet (neuraldrive-firstboot.service creates it "
-                          "at first boot)")
-    except OSError as exc:
-        return fail(PROG, f"cannot read the API key: {exc}")
-    ctx.say(key)
-    return 0
-
-
-def cmd_key_rotate(ctx: Context, args: argparse.Namespace) -> int:
-    if ctx.euid() != 0:
-        return fail(PROG, "key rotate: must be run as root (sudo neuraldrive key rotate)")
-    try:
-        gid = grp.getgrnam(ctx.key_group).gr_gid
-    except KeyError:
-        return fail(PROG, f"group {ctx.key_group} does not exist; the gateway could not read a key")
-    key_file = _key_file(ctx, args)
-    key = "nd-" + secrets.token_urlsafe(32)
-    try:
-        # No trailing newline: readers that do not strip still get exactly the key.
-        atomic_write(key_file, key, mode=0o640, gid=gid)
-    except OSError as exc:
-        return fail(PROG, f"cannot write {key_file}: {exc.strerror or exc}")
-    # gateway-auth reads the key for every request: no restart, no dropped streams.
-    if not args.admin:
-        ctx.run(["systemctl", "start", "--no-block", ISSUE_UNIT])  # the console shows the key
-    ctx.say(key)
-    ctx.say(f"new {'admin' if args.admin else 'API'} key in {key_file}; the old one no longer works")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Administer this NeuralDrive appliance: see its state, manage "
@@ -256,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     key_sub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
     show = key_sub.add_parser("show", help="print the key (root or group " + API_KEY_GROUP + ")")
     rotate = key_sub.add_parser("rotate", help="make a new key; it counts at once (root)")
-    for action, handler in ((show, cmd_key_show), (rotate, cmd_key_rotate)):
+    for action, handler in ((show, keys.cmd_key_show), (rotate, keys.cmd_key_rotate)):
         action.add_argument("--admin", action="store_true",
                             help="the admin key (create, copy, delete, push) instead of the API key")
         action.set_defaults(handler=handler)

@@ -8,7 +8,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .paths import OLLAMA_PORT
@@ -22,6 +22,8 @@ UNLOAD_NOW = 0
 LOAD_TIMEOUT_S = 600.0
 # Ollama answers an unload before the runner is gone; this bounds the wait for it.
 UNLOAD_WAIT_S = 30.0
+# A pull's progress lines come at least every few seconds; a longer silence is a stalled download.
+PULL_READ_TIMEOUT_S = 300.0
 
 
 class EngineError(Exception):
@@ -127,6 +129,36 @@ class Client:
             if not left or clock() >= deadline:
                 return left
             sleep(poll)
+
+    def pull(self, model: str) -> Iterator[dict[str, Any]]:
+        """The engine's progress lines while it pulls `model` (server/routes.go `PullHandler`
+        streams api.ProgressResponse: status, digest, total, completed); an {"error": ...} line
+        (server/routes.go `waitForStream`) raises EngineError."""
+        data = json.dumps({"model": model, "stream": True}).encode()
+        request = urllib.request.Request(self.url + "/api/pull", data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with self._opener.open(request, timeout=PULL_READ_TIMEOUT_S) as response:
+                for raw in response:
+                    if not raw.strip():
+                        continue
+                    try:
+                        event = json.loads(raw)
+                    except ValueError:
+                        raise EngineError("POST /api/pull: a progress line is not JSON") from None
+                    if isinstance(event, dict) and event.get("error"):
+                        raise EngineError(f"pull {model}: {event['error']}")
+                    if isinstance(event, dict):
+                        yield event
+        except urllib.error.HTTPError as exc:
+            raise EngineError(f"POST /api/pull: HTTP {exc.code}: {_error_text(exc)}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+            raise EngineDownError(f"engine not answering at {self.url} ({reason})") from None
+
+    def delete(self, model: str) -> None:
+        """Remove a model from the store (server/routes.go `DeleteHandler`)."""
+        self.call("DELETE", "/api/delete", {"model": model})
 
     def unload(self, model: str, wait: float = UNLOAD_WAIT_S) -> bool:
         """Ask the engine to drop `model` and wait until it has: True once gone."""

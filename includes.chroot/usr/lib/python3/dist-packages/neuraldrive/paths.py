@@ -28,3 +28,7 @@ CONF_FILES: Final = (
 ENGINE_UNIT: Final = "neuraldrive-ollama.service"
 GATEWAY_UNIT: Final = "neuraldrive-caddy.service"
 ISSUE_UNIT: Final = "neuraldrive-issue.service"
+# The admin's SSH public keys (one a line), on the persistence partition: sshd runs while the
+# file of ADMIN_USER holds a key (builder/facts.py AUTHORIZED_KEYS_DIR).
+AUTHORIZED_KEYS_DIR: Final = "/var/lib/neuraldrive/authorized_keys"
+ADMIN_USER: Final = "neuraldrive-admin"
