@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_usb_fakes import FakeHost
 
 import build
 from builder.profile import load_profile
@@ -297,3 +298,26 @@ def test_authorized_keys_are_checked_before_the_image_exists_and_reach_the_parti
             ask_passphrase=lambda: b"", interactive=False)
     assert seen["keys"] == [public.read_text().strip()]
     assert seen["layout"].persistence.start == 4 * GiB  # type: ignore[attr-defined]  # the default system region
+
+
+def test_a_device_upgrade_asks_and_refuses_a_mounted_stick(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same disk safety as a fresh write: users refused, the question asked under the claim."""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(usb_command, "esp_extent", lambda iso: ESP)
+    host = FakeHost(tmp_path / "host", partitions=("sdz1", "sdz2", "sdz3"), size=2 * GiB)
+    kept = make_stick(host.dev / "sdz")
+    iso = make_iso(tmp_path / "b.iso", 12 * MiB)
+    asked: list[str] = []
+    request = UsbRequest(iso=iso, device=str(host.dev / "sdz"), upgrade=True)
+    with pytest.raises(UsbError, match="without confirmation: pass --yes"):
+        run_usb(request, confirm=asked.append, ask_passphrase=lambda: b"", interactive=False, system=host.system)
+    report = run_usb(request, confirm=asked.append, ask_passphrase=lambda: b"", interactive=True, system=host.system)
+    assert asked == [f"Write b.iso over the system region of {host.dev / 'sdz'}?"]
+    assert isinstance(report, UpgradeReport) and region(host.dev / "sdz", P3_START, P3_SIZE) == kept
+    mounts = host.proc / "self/mounts"
+    mounts.write_text(mounts.read_text() + "/dev/sdz3 /media/persistence ext4 rw 0 0\n")
+    before = hashlib.sha256((host.dev / "sdz").read_bytes()).hexdigest()
+    with pytest.raises(UsbError, match="sdz3 is in use by a filesystem mounted on /media/persistence"):
+        run_usb(replace(request, yes=True), confirm=asked.append, ask_passphrase=lambda: b"", interactive=True,
+                system=host.system)
+    assert hashlib.sha256((host.dev / "sdz").read_bytes()).hexdigest() == before
