@@ -187,3 +187,12 @@ def test_neuraldrive_llama_without_llama_server_says_so(capsys: pytest.CaptureFi
     ctx = admin.Context(common.Settings({}), run=lambda argv: common.CmdResult(3, "inactive\n", ""))
     assert admin.main(["llama"], ctx) == 1  # this host has no /etc/neuraldrive/llama-server.conf
     assert "llama: this image does not run llama.cpp's server" in capsys.readouterr().err
+
+
+def test_library_path_adds_the_detected_backends_dirs(tmp_path: Path) -> None:
+    for name in ("cuda_v12", "vulkan"):
+        (tmp_path / name).mkdir()
+    binary = str(tmp_path / "llama-server")
+    assert llama.library_path(binary, "cuda") == f"{tmp_path}:{tmp_path}/cuda_v12"
+    assert llama.library_path(binary, "vulkan") == f"{tmp_path}:{tmp_path}/vulkan"
+    assert llama.library_path(binary, "cpu") == llama.library_path(binary, "rocm") == str(tmp_path)

@@ -33,8 +33,10 @@ This archive is the NeuralDrive Ollama-API test double, packaged in the
 layout of an official Ollama release (bin/ollama, lib/ollama/) so that image
 builds and tests can run without downloading the real Ollama. bin/ollama is a
 small python3 script that fakes Ollama's HTTP API and CLI; it runs no models.
-Its modules are in lib/ollama/testdouble/; lib/ollama/llama-server is the
-child it starts per loaded model (also a python3 script, not llama.cpp).
+Its modules are in lib/ollama/testdouble/; lib/ollama/llama-server (modules
+in lib/ollama/llamadouble/) stands in for llama.cpp's server: the child it
+starts per loaded model and the appliance's llama.cpp engine (also a python3
+script, not llama.cpp).
 """
 
 

@@ -38,6 +38,10 @@ REGISTRY, NAMESPACE, TAG = "registry.ollama.ai", "library", "latest"
 MODEL_LAYER = "application/vnd.ollama.image.model"
 GGUF_MAGIC = b"GGUF"  # ggml/src/gguf.cpp: a file without it is refused ("invalid magic characters")
 FLASH_ATTN = ("on", "off", "auto")  # common/arg.cpp: -fa takes a value
+# GPU backend libraries of the archive per gpu-detect's backend (NEURALDRIVE_GPU_BACKEND in gpu.env),
+# put on LD_LIBRARY_PATH after lib/ollama as Ollama does for its own llama-server children
+# (llm/llama_server.go SetupLlamaServerCommandEnv: the executable's dir, then the GPU library dirs).
+BACKEND_DIRS = {"cuda": ("cuda_v12", "cuda_v13"), "vulkan": ("vulkan",), "rocm": ("rocm",)}
 _PART = r"[a-z0-9][a-z0-9._-]*"
 _TAG = r"[A-Za-z0-9._-]+"
 _NAME = re.compile(rf"(?:({_PART})/)??(?:({_PART})/)?({_PART})(?::({_TAG}))?")
@@ -121,6 +125,12 @@ def server_argv(settings: Settings, model: Path, binary: str = LLAMA_BIN) -> lis
     return argv
 
 
+def library_path(binary: str, backend: str) -> str:
+    lib_dir = Path(binary).parent
+    dirs = [lib_dir, *(lib_dir / d for d in BACKEND_DIRS.get(backend, ()) if (lib_dir / d).is_dir())]
+    return os.pathsep.join(map(str, dirs))
+
+
 def read_settings(conf_files: Sequence[str | Path] = CONF_FILES) -> Settings:
     return Settings(load_conf_files(conf_files, {}))
 
@@ -143,7 +153,9 @@ def launch(conf_files: Sequence[str | Path], store: Path, binary: str,
             sleep(WAIT_S)
             continue
         argv = server_argv(settings, model, binary)
-        log(f"{PROG}: serving {reference} from {model}: {' '.join(argv)}")
+        os.environ["LD_LIBRARY_PATH"] = library_path(binary, os.environ.get("NEURALDRIVE_GPU_BACKEND", "cpu"))
+        log(f"{PROG}: serving {reference} from {model}: {' '.join(argv)} "
+            f"(LD_LIBRARY_PATH={os.environ['LD_LIBRARY_PATH']})")
         execv(argv[0], argv)
         return 1  # pragma: no cover - execv does not return
 
