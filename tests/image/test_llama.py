@@ -170,7 +170,9 @@ def test_an_unusable_setting_fails_once_and_says_why(host: Any, serving: str) ->
         wait_for(host, "  ready", timeout=120)
 
 
-def test_neuraldrive_status_shows_it(host: Any, serving: str) -> None:
+def test_neuraldrive_status_and_health_show_it(host: Any, serving: str) -> None:
     with host.sudo():
         status = host.check_output("neuraldrive status || true")
+        health = host.check_output("neuraldrive health 2>&1 || true")
     assert f"llama.cpp {serving}  ready" in status
+    assert f"ok: llama-server: ready ({serving})" in health

@@ -196,3 +196,35 @@ def test_library_path_adds_the_detected_backends_dirs(tmp_path: Path) -> None:
     assert llama.library_path(binary, "cuda") == f"{tmp_path}:{tmp_path}/cuda_v12"
     assert llama.library_path(binary, "vulkan") == f"{tmp_path}:{tmp_path}/vulkan"
     assert llama.library_path(binary, "cpu") == llama.library_path(binary, "rocm") == str(tmp_path)
+
+
+def test_health_finding_reports_and_never_fails(tmp_path: Path) -> None:
+    on = conf(tmp_path, "NEURALDRIVE_LLAMA_ENABLED=1\nNEURALDRIVE_LLAMA_MODEL=tiny\nNEURALDRIVE_LLAMA_PORT=11441\n")
+    assert llama.health_finding([on], lambda port: "ready") == ("ok", "llama-server: ready (tiny)")
+    assert llama.health_finding([on], lambda port: "loading the model")[0] == "ok"
+    level, message = llama.health_finding([on], lambda port: f"not answering on {port}")
+    assert level == "warning" and "not answering on 11441: waiting for model 'tiny' or failed" in message
+    off = conf(tmp_path, "NEURALDRIVE_LLAMA_ENABLED=0\n")
+    assert llama.health_finding([off], lambda port: "ready") is None
+
+
+def test_health_against_a_listener(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    class Loading(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503 if self.path == "/health" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Loading)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert llama.health(server.server_address[1]) == "loading the model"
+    finally:
+        server.shutdown()
+    assert llama.health(server.server_address[1]).startswith("not answering")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import llama_server
 from .common import ConfigError, Runner, Settings, fail, log, run_command
 from .gpu import read_gpu_state
 from .ollama import Client, EngineError, entry_name
@@ -204,7 +205,7 @@ def report(findings: list[Finding], mark: Path | None = None) -> int:
 
 
 def run_checks(settings: Settings, gpu_env: Path, state_dir: Path, run: Runner,
-               mark: Path | None = None) -> int:
+               mark: Path | None = None, llama: bool = True) -> int:
     limits = Limits.from_settings(settings)
     client = Client(settings.text("OLLAMA_HOST"))
     engine = check_engine(client, limits.api_timeout)
@@ -212,6 +213,9 @@ def run_checks(settings: Settings, gpu_env: Path, state_dir: Path, run: Runner,
     if engine.level == "ok":
         gpu_use = check_gpu_use(client, gpu_env, limits.api_timeout)
         findings[1:1] = [check_models(client, limits.api_timeout), *([gpu_use] if gpu_use else [])]
+    llama_line = llama_server.health_finding() if llama else None  # the main engine's check only
+    if llama_line:
+        findings.append(Finding(*llama_line))
     return report(findings, mark)
 
 
@@ -243,7 +247,8 @@ def main(argv: Sequence[str] | None = None, run: Runner = run_command) -> int:
     if args.restart_engine:
         return report([restart_engine(run, os.environ, unit=args.engine_unit)])
     try:
-        return run_checks(Settings(os.environ), args.gpu_env, args.state_dir, run, mark_for(args.engine_unit))
+        return run_checks(Settings(os.environ), args.gpu_env, args.state_dir, run, mark_for(args.engine_unit),
+                          llama=args.engine_unit == ENGINE_UNIT)
     except ConfigError as exc:
         return fail(PROG, str(exc), EXIT_USAGE)
 

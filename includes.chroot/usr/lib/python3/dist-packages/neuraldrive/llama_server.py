@@ -188,6 +188,27 @@ def status_line(run: Runner, conf_files: Sequence[str | Path] = CONF_FILES, stor
     return f"{'llama.cpp':<10}{reference}  {detail}"
 
 
+def health_finding(conf_files: Sequence[str | Path] = CONF_FILES,
+                   probe: Callable[[int], str] = health) -> tuple[str, str] | None:
+    """The health check's line (level, message): llama-server answering on loopback, or a warning.
+
+    Report only: a crash is systemd's to restart, a missing model the operator's to pull. The check
+    cannot read the model store, so it asks the server, not the store. None: not run by this image.
+    """
+    settings = read_settings(conf_files)
+    if settings.text("NEURALDRIVE_LLAMA_ENABLED") != "1":
+        return None
+    model = settings.text("NEURALDRIVE_LLAMA_MODEL")
+    try:
+        state = probe(settings.integer("NEURALDRIVE_LLAMA_PORT", LLAMA_PORT, minimum=1))
+    except ConfigError as exc:
+        return "warning", f"llama-server: {exc}"
+    if state in ("ready", "loading the model"):
+        return "ok", f"llama-server: {state} ({model})"
+    return "warning", (f"llama-server: {state}: waiting for model {model!r} or failed "
+                       f"(neuraldrive llama; journalctl -u {UNIT})")
+
+
 def main(argv: Sequence[str] | None = None, execv: Callable[[str, list[str]], object] = os.execv,
          sleep: Callable[[float], None] = time.sleep) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=(
