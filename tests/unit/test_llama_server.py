@@ -171,13 +171,15 @@ def test_status_line(tmp_path: Path) -> None:
     def run(state: str) -> object:
         return lambda argv: common.CmdResult(0 if state == "active" else 3, state + "\n", "")
 
-    assert llama.status_line(run("active"), [on], store) == (
+    assert llama.status_line(run("active"), [on], store, lambda port: "not answering (refused)") == (
         f"llama.cpp tiny  waiting: model 'tiny' is not in the store ({store}); pull it through the gateway "
         "(POST /api/pull) and llama-server starts within 5 s")
     add_model(store, "tiny:latest")
     assert llama.status_line(run("active"), [on], store, lambda port: f"ready on {port}") == (
         "llama.cpp tiny  ready on 11440")
     assert llama.status_line(run("failed"), [on], store).endswith("tiny  unit failed")
+    (store / "manifests").rename(store / "unreadable")  # as the admin sees a store it may not read
+    assert llama.status_line(run("active"), [on], store, lambda port: "ready") == "llama.cpp tiny  ready"
     off = conf(tmp_path, "NEURALDRIVE_LLAMA_ENABLED=0\nNEURALDRIVE_LLAMA_MODEL=tiny\n")
     assert llama.status_line(run("inactive"), [off], store) is None
 

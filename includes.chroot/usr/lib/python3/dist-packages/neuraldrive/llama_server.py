@@ -180,9 +180,11 @@ def status_line(run: Runner, conf_files: Sequence[str | Path] = CONF_FILES, stor
     reference = settings.text("NEURALDRIVE_LLAMA_MODEL") or "(no model set)"
     state = run(["systemctl", "is-active", UNIT]).stdout.strip() or "unknown"
     try:
-        resolve(store, reference)
         port = settings.integer("NEURALDRIVE_LLAMA_PORT", LLAMA_PORT, minimum=1)
+        # The server first: an admin outside the engine's group cannot read the store itself.
         detail = probe(port) if state == "active" else f"unit {state}"
+        if state == "active" and detail not in ("ready", "loading the model"):
+            resolve(store, reference)  # not serving: why (most often, its model is not pulled yet)
     except (ModelNotReadyError, ConfigError) as exc:
         detail = f"waiting: {exc}" if state == "active" else f"unit {state}: {exc}"
     return f"{'llama.cpp':<10}{reference}  {detail}"
