@@ -230,3 +230,16 @@ def test_health_against_a_listener(tmp_path: Path) -> None:
     finally:
         server.shutdown()
     assert llama.health(server.server_address[1]).startswith("not answering")
+
+
+def test_the_status_function_carries_the_line(tmp_path: Path) -> None:
+    status = lib("status")
+    on = conf(tmp_path, "NEURALDRIVE_LLAMA_ENABLED=1\nNEURALDRIVE_LLAMA_MODEL=tiny\nNEURALDRIVE_LLAMA_PORT=1\n")
+    src = status.Sources(client=None, gpu_env=tmp_path / "gpu.env", state_dir=tmp_path,
+                         run=lambda argv: common.CmdResult(3, "failed\n", ""), llama_conf=(str(on),))
+    state = status.Status(time=0.0, engine_state="down", engine_version=None, engine_error=None,
+                          gpu_backend="cpu", gpu_summary="")
+    status._llama(src, state)
+    assert state.to_dict()["llama"] == "llama.cpp tiny  unit failed"
+    assert status.Status(time=0.0, engine_state="down", engine_version=None, engine_error=None,
+                         gpu_backend="cpu", gpu_summary="").to_dict()["llama"] is None

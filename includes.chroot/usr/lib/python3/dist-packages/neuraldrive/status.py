@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import engine_state, healthcheck, instances, osrelease
+from . import engine_state, healthcheck, instances, llama_server, osrelease
 from .common import Runner, Settings
 from .engine_state import ENGINE_TIMEOUT_S, LoadedModel, loaded_model
 from .gpu import read_gpu_state
@@ -50,6 +50,7 @@ class Status:
     disk_total: int | None = None
     schema: int = SCHEMA
     version: str | None = None  # the NeuralDrive release (os-release IMAGE_VERSION), None if unknown
+    llama: str | None = None  # llama.cpp's server: "llama.cpp MODEL  STATE"; None when not run
 
     @property
     def vram_used(self) -> int | None:
@@ -106,6 +107,7 @@ class Sources:
     settings: Settings | None = None
     instances_dir: Path | None = None  # None: instances.INSTANCES_DIR
     os_release: Path = osrelease.OS_RELEASE
+    llama_conf: tuple[str, ...] = llama_server.CONF_FILES
 
 
 def _engine(src: Sources, status: Status) -> None:
@@ -153,4 +155,9 @@ def collect(src: Sources) -> Status:
     _health(src, status)
     _host(src, status)
     status.version = osrelease.image_version(src.os_release)
+    _llama(src, status)
     return status
+
+
+def _llama(src: Sources, status: Status) -> None:
+    status.llama = llama_server.status_line(src.run, src.llama_conf)
