@@ -19,7 +19,7 @@ from pathlib import Path
 from builder.console import ProgressLine, download_status, format_bytes, info
 from builder.usb.errors import UsbError, UsbWriteError
 from builder.usb.layout import MBR_ENTRIES, SECTOR, mbr_entry
-from builder.usb.write import CHUNK, read_back_sha256
+from builder.usb.write import CHUNK, verify_written
 
 LABEL = b"persistence"
 LINUX = 0x83
@@ -176,12 +176,7 @@ def upgrade_stick(iso: Path, fd: int, target: str, plan: UpgradePlan, verify_per
     info(f"‣ Writing {iso.name} to the system region of {target} (persistence kept)…")
     digest, written, seconds = write_system_region(iso, fd, plan)
     info(f"  {format_bytes(written)} in {seconds:.1f}s ({format_bytes(written / max(seconds, 1e-3))}/s)")
-    info("‣ Verifying what was written…")
-    started = time.monotonic()
-    readback = read_back_sha256(fd, written)
-    verify_seconds = time.monotonic() - started
-    if readback != digest:
-        raise UsbWriteError(f"{target}: read-back sha256 {readback} differs from the written system region's {digest}")
+    verify_seconds = verify_written(fd, written, digest, target, "the written system region's")
     after = None
     if verify_persistence:
         info("‣ Reading the persistence partition again…")

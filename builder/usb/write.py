@@ -89,6 +89,17 @@ def read_back_sha256(fd: int, length: int) -> str:
     return digest.hexdigest()
 
 
+def verify_written(fd: int, length: int, digest: str, target: object, what: str) -> float:
+    """Read the first `length` bytes back from the device and compare with `digest` (of `what`);
+    returns the seconds it took."""
+    info("‣ Verifying what was written…")
+    started = time.monotonic()
+    readback = read_back_sha256(fd, length)
+    if readback != digest:
+        raise UsbWriteError(f"{target}: read-back sha256 {readback} differs from {what} {digest}")
+    return time.monotonic() - started
+
+
 def write_partition_table(fd: int, layout: Layout) -> None:
     """Give the stick the layout Debian's own hybrid images have: an MBR whose partition 1 starts at
     sector 0 and spans the ISO 9660 file system, partition 2 the EFI image, partition 3 persistence.
@@ -172,12 +183,7 @@ def write_stick(iso: Path, fd: int, target: Path, layout: Layout, passphrase: by
     info(f"‣ Writing {iso.name} to {target}…")
     digest, written, seconds = write_iso(iso, fd)
     info(f"  {format_bytes(written)} in {seconds:.1f}s ({format_bytes(written / max(seconds, 1e-3))}/s)")
-    info("‣ Verifying what was written…")
-    started = time.monotonic()
-    readback = read_back_sha256(fd, written)
-    verify_seconds = time.monotonic() - started
-    if readback != digest:
-        raise UsbWriteError(f"{target}: read-back sha256 {readback} differs from the ISO's {digest}")
+    verify_seconds = verify_written(fd, written, digest, target, "the ISO's")
     info(f"  sha256 {digest} matches")
     info(f"‣ Adding the persistence partition ({format_bytes(plan.size)}"
          f"{', LUKS2-encrypted' if passphrase else ''})…")
