@@ -42,7 +42,15 @@ class SerialScreen:
         import pyte  # a test-host requirement (requirements.txt), not the builder's
 
         self.serial_log, self.serial_socket, self.alive = serial_log, serial_socket, alive
-        self.screen: Any = pyte.Screen(COLS, ROWS)
+        class Screen(pyte.Screen):
+            # The serial line carries more than the menu (kernel and systemd lines, dialog's own
+            # sequences): a cursor move with extra parameters must not end the reading (pyte
+            # 0.8.2 raised TypeError on one in the image run).
+            def cursor_position(self, line: int | None = None, column: int | None = None, *_: Any,
+                                **__: Any) -> None:
+                super().cursor_position(line, column)
+
+        self.screen: Any = Screen(COLS, ROWS)
         self.stream: Any = pyte.ByteStream(self.screen)
         self.offset = 0
 

@@ -4,6 +4,7 @@ Debian's /usr/lib/os-release; neuraldrive.osrelease reads them back for the stat
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def run_hook(tmp_path: Path, version: str) -> Path:
     if not target.exists():
         target.write_text(DEBIAN)
     script = render(HOOK, profile).replace("release=/usr/lib/os-release", f"release={target}")
-    assert f"release={target}" in script
+    script = script.replace("link=/etc/os-release", f"link={tmp_path / 'etc-os-release'}")
+    assert f"release={target}" in script and str(tmp_path / "etc-os-release") in script
     for _ in range(2):
         subprocess.run(["sh", "-c", script], check=True)
     return target
@@ -47,6 +49,7 @@ def test_the_hook_adds_image_id_and_version_once_and_keeps_debians_fields(tmp_pa
     # A rebuild with another version replaces it (release B over release A).
     assert osrelease.image_version(run_hook(tmp_path, "2.0.0")) == "2.0.0"
     assert target.read_text().count("IMAGE_VERSION=") == 1
+    assert os.readlink(tmp_path / "etc-os-release") == "../usr/lib/os-release"
 
 
 def test_the_hook_refuses_a_missing_os_release(tmp_path: Path) -> None:
