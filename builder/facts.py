@@ -20,8 +20,6 @@ OLLAMA_PORT: Final = 11434
 
 # llama.cpp's server from the same verified archive (lib/ollama/llama-server), as its own engine:
 # its own user (reads the model store through the engine's group, never writes it), loopback port.
-LLAMA_USER: Final = "neuraldrive-llama"
-LLAMA_UID: Final = 904
 LLAMA_BIN: Final = "/usr/local/lib/ollama/llama-server"
 LLAMA_PORT: Final = 11440
 LLAMA_UNIT: Final = "neuraldrive-llama-server.service"

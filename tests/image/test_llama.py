@@ -96,7 +96,7 @@ def test_serves_the_model_from_the_store_as_its_own_user(host: Any, serving: str
         owner = host.check_output(f"stat -c %U /proc/{pid}")
     assert "/usr/local/lib/ollama/llama-server --model /var/lib/neuraldrive/models/blobs/sha256-" in argv
     assert f"--alias {serving} --host 127.0.0.1 --port {PORT}" in argv
-    assert owner == "neuraldrive-llama"
+    assert owner == "neuraldrive-ollama"  # the engine's user; the store is read-only to it here
     assert host.socket(f"tcp://127.0.0.1:{PORT}").is_listening
     assert not host.socket(f"tcp://0.0.0.0:{PORT}").is_listening
 
