@@ -24,6 +24,9 @@ STEP_TIMEOUT = 120.0
 
 def choose(screen: SerialScreen, key: str, shows: str, timeout: float = STEP_TIMEOUT) -> str:
     """Pick a main-menu entry; the screen text once `shows` is on it."""
+    if TITLE not in screen.text():
+        # A step that failed earlier may have left a screen open: Esc leaves it (dialog's cancel).
+        screen.send("\x1b")
     screen.wait_for(TITLE, timeout)
     screen.send(key + ENTER)
     screen.wait_for(shows, timeout)
