@@ -11,6 +11,12 @@ GATEWAY_UID: Final = 902
 # Members of this group may read the API key (the gateway and the admin).
 API_KEY_GROUP: Final = "neuraldrive-api"
 API_KEY_GID: Final = 903
+# The page's status writer: a fixed user, not DynamicUser=, because the system bus (dbus-daemon)
+# drops connections from DynamicUser= accounts even with nss-systemd, and its `systemctl
+# is-active` asks systemd over that bus (measured in the image: "Transport endpoint is not
+# connected"; systemd issue 22737).
+STATUS_USER: Final = "neuraldrive-status"
+STATUS_UID: Final = 904
 ADMIN_USER: Final = "neuraldrive-admin"
 ADMIN_UID: Final = 1000
 
