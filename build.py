@@ -4,7 +4,8 @@
 Thin CLI: each command parses its options and calls one function of builder/; the option groups the
 commands share and the error mapping (exit 2 bad input, 1 build or run failure, one-line messages)
 live in builder/cli.py. Where a command's options make one request (test, boot, usb, release), they
-reach it as `**request`: a new option is a click option here and a field of that dataclass.
+reach it as `**request`: a new option is a click option in that command's group in builder/cli.py
+(TEST_RUN, BOOT_SPEC, USB_REQUEST, RELEASE_SIGNING) and a field of that dataclass.
 """
 
 from __future__ import annotations
@@ -98,22 +99,7 @@ def clean(cache_dir: Path, everything: bool) -> None:
 @click.option("--iso", type=shared.PATH,
               help="Test this ISO (built earlier by `build.py test`) instead of building one.")
 @shared.options(shared.profile_option("test", "Profile to build and test."), shared.out_option(), shared.CACHE)
-@click.option("--modes", default="bios-disk,uefi-cd", show_default=True,
-              help="Boot modes, comma-separated (bios|uefi)-(cd|disk): the first runs the full suite "
-                   "(and the reboot/persistence checks), the others a smoke boot.")
-@shared.ACCEL
-@click.option("--offline", is_flag=True, help="Never download artifacts.")
-@click.option("--no-cache", is_flag=True, help="Build the ISO cold (no package layer from the cache).")
-@click.option("--stick/--no-stick", default=True, show_default=True,
-              help="Also build release B (another version) and write stick images with `usb --image` (root): a "
-                   "plain and a LUKS one, each booted as release A, upgraded in place to B (`usb --upgrade`) and "
-                   "booted again with everything kept; and a stick whose power is cut during its first boot.")
-@click.option("--ollama-archive", "real_archive", metavar="PATH", envvar="NEURALDRIVE_OLLAMA_ARCHIVE", type=shared.PATH,
-              help="Run the same suite against this (real) ollama-linux-amd64.tar.zst instead of the test "
-                   "double (env NEURALDRIVE_OLLAMA_ARCHIVE).")
-@click.option("-k", "select", metavar="EXPR",
-              help="Run only the full suite's tests that match this pytest -k expression, on both its boots "
-                   "(smoke boots, sticks and power cuts run as given by --modes and --stick).")
+@shared.TEST_RUN
 @shared.VERBOSE
 def test_cmd(no_cache: bool, **request: Any) -> None:
     """Boot a test ISO in QEMU and check it with testinfra (tests/image).
@@ -145,13 +131,7 @@ def bench(profile_name: str, out_dir: Path, boot_runs: int, modes: str) -> None:
 
 @cli.command()
 @click.option("--iso", type=shared.PATH, required=True, help="The ISO to boot.")
-@click.option("--firmware", type=click.Choice(["bios", "uefi"]), default="bios", show_default=True)
-@click.option("--media", type=click.Choice(["cd", "disk"]), default="cd", show_default=True,
-              help="cd: an optical drive; disk: a virtio disk, as a USB stick would be.")
-@click.option("--persistence", "persistence_disk", type=shared.PATH, help="Attach this qcow2 persistence disk "
-              "(created, ext4 labelled persistence, if it does not exist).")
-@click.option("--check", is_flag=True, help="Exit once the login prompt appears (boot test) instead of "
-              "running until Ctrl-C.")
+@shared.BOOT_SPEC
 @shared.ACCEL
 @click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the login prompt.")
 @shared.VERBOSE
@@ -166,25 +146,7 @@ def boot(check: bool, timeout: int, **spec: Any) -> None:
 @cli.command()
 @click.option("--iso", type=click.Path(path_type=Path, exists=True, dir_okay=False), required=True,
               help="The hybrid ISO to write.")
-@click.option("--device", help="Whole-disk block device to overwrite, e.g. /dev/sdb.")
-@click.option("--image", type=shared.PATH, help="Write a disk-image file instead.")
-@click.option("--size", help="Size of a new --image file [default: 16G].")
-@click.option("--persistence-size", help="Persistence partition size: a percentage of the free space or e.g. "
-                                         "32G [default: 100%].")
-@click.option("--system-size", help="Room for the system (the ISO and later, larger releases) before the persistence "
-                                    "partition [default: twice the ISO, at least 4 GiB, in whole GiB].")
-@click.option("--authorized-keys", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="OpenSSH public keys for neuraldrive-admin, put on the persistence partition: key-only SSH on "
-                   "the device, whatever its profile.")
-@click.option("--upgrade", is_flag=True, help="Write a new release over an existing NeuralDrive stick's system region "
-                                              "only; its persistence partition (plain or LUKS) stays as it is.")
-@click.option("--verify-persistence", is_flag=True,
-              help="With --upgrade: hash the whole persistence partition before and after (reads it twice).")
-@click.option("--encrypt", is_flag=True, help="LUKS2-encrypt the persistence partition.")
-@click.option("--passphrase-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="Read the LUKS passphrase from this file instead of asking twice.")
-@click.option("--models", "models_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              help="Ollama models dir (manifests/ + blobs/) to preload onto the persistence partition.")
+@shared.USB_REQUEST
 @shared.profile_option(None, "Preload the models the profile's `preload` names from its store (instead of --models).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def usb(profile_name: str | None, **request: Any) -> None:
@@ -202,13 +164,7 @@ def usb(profile_name: str | None, **request: Any) -> None:
               help="Profiles of the release, comma-separated.")
 @shared.options(shared.out_option("out/release"), shared.CACHE, shared.OFFLINE, shared.VERBOSE)
 @shared.artifact_options
-@click.option("--sign-key-env", default="NEURALDRIVE_SIGNING_KEY", show_default=True, metavar="VAR",
-              help="Environment variable holding the armored OpenPGP secret key that signs SHA256SUMS "
-                   "(VAR_PASSPHRASE unlocks it, if set).")
-@click.option("--no-sign", is_flag=True, help="Write SHA256SUMS without a signature.")
-@click.option("--skip-build", is_flag=True, help="Take the profiles' ISOs already in --out (built by `iso`).")
-@click.option("--boot-check/--no-boot-check", default=True, show_default=True,
-              help="Boot each new ISO in QEMU to its login prompt.")
+@shared.RELEASE_SIGNING
 @shared.ACCEL
 @click.option("--test-double", is_flag=True,
               help="Build with the Ollama-API test double instead of the pinned engine (images marked unofficial).")

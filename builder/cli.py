@@ -116,3 +116,74 @@ def artifact_options(func: F) -> F:
         click.option("--allow-unofficial-artifacts", is_flag=True,
                      help="Let a release profile use an archive that is not an official Ollama release asset."),
     )(wrapper)  # type: ignore[return-value]
+
+
+# `test`'s options beyond profile/out/cache: its ProofRequest's fields.
+TEST_RUN = options(
+    click.option("--modes", default="bios-disk,uefi-cd", show_default=True,
+                 help="Boot modes, comma-separated (bios|uefi)-(cd|disk): the first runs the full suite "
+                      "(and the reboot/persistence checks), the others a smoke boot."),
+    ACCEL,
+    click.option("--offline", is_flag=True, help="Never download artifacts."),
+    click.option("--no-cache", is_flag=True, help="Build the ISO cold (no package layer from the cache)."),
+    click.option("--stick/--no-stick", default=True, show_default=True,
+                 help="Also build release B (another version) and write stick images with `usb --image` (root): a "
+                      "plain and a LUKS one, each booted as release A, upgraded in place to B (`usb --upgrade`) and "
+                      "booted again with everything kept; and a stick whose power is cut during its first boot."),
+    click.option("--ollama-archive", "real_archive", metavar="PATH", envvar="NEURALDRIVE_OLLAMA_ARCHIVE", type=PATH,
+                 help="Run the same suite against this (real) ollama-linux-amd64.tar.zst instead of the test "
+                      "double (env NEURALDRIVE_OLLAMA_ARCHIVE)."),
+    click.option("-k", "select", metavar="EXPR",
+                 help="Run only the full suite's tests that match this pytest -k expression, on both its boots "
+                      "(smoke boots, sticks and power cuts run as given by --modes and --stick)."),
+)
+
+
+# `boot`'s machine: a BootSpec's fields.
+BOOT_SPEC = options(
+    click.option("--firmware", type=click.Choice(["bios", "uefi"]), default="bios", show_default=True),
+    click.option("--media", type=click.Choice(["cd", "disk"]), default="cd", show_default=True,
+                 help="cd: an optical drive; disk: a virtio disk, as a USB stick would be."),
+    click.option("--persistence", "persistence_disk", type=PATH, help="Attach this qcow2 persistence disk "
+                 "(created, ext4 labelled persistence, if it does not exist)."),
+    click.option("--check", is_flag=True, help="Exit once the login prompt appears (boot test) instead of "
+                 "running until Ctrl-C."),
+)
+
+
+# `usb`'s options (a UsbRequest's fields; --profile is added by the command).
+USB_REQUEST = options(
+    click.option("--device", help="Whole-disk block device to overwrite, e.g. /dev/sdb."),
+    click.option("--image", type=PATH, help="Write a disk-image file instead."),
+    click.option("--size", help="Size of a new --image file [default: 16G]."),
+    click.option("--persistence-size", help="Persistence partition size: a percentage of the free space or e.g. "
+                                            "32G [default: 100%]."),
+    click.option("--system-size",
+                 help="Room for the system (the ISO and later, larger releases) before the persistence partition "
+                      "[default: twice the ISO, at least 4 GiB, in whole GiB]."),
+    click.option("--authorized-keys", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                 help="OpenSSH public keys for neuraldrive-admin, put on the persistence partition: key-only SSH on "
+                      "the device, whatever its profile."),
+    click.option("--upgrade", is_flag=True,
+                 help="Write a new release over an existing NeuralDrive stick's system region only; its "
+                      "persistence partition (plain or LUKS) stays as it is."),
+    click.option("--verify-persistence", is_flag=True,
+                 help="With --upgrade: hash the whole persistence partition before and after (reads it twice)."),
+    click.option("--encrypt", is_flag=True, help="LUKS2-encrypt the persistence partition."),
+    click.option("--passphrase-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+                 help="Read the LUKS passphrase from this file instead of asking twice."),
+    click.option("--models", "models_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+                 help="Ollama models dir (manifests/ + blobs/) to preload onto the persistence partition."),
+)
+
+
+# `release`'s signing and build choices.
+RELEASE_SIGNING = options(
+    click.option("--sign-key-env", default="NEURALDRIVE_SIGNING_KEY", show_default=True, metavar="VAR",
+                 help="Environment variable holding the armored OpenPGP secret key that signs SHA256SUMS "
+                      "(VAR_PASSPHRASE unlocks it, if set)."),
+    click.option("--no-sign", is_flag=True, help="Write SHA256SUMS without a signature."),
+    click.option("--skip-build", is_flag=True, help="Take the profiles' ISOs already in --out (built by `iso`)."),
+    click.option("--boot-check/--no-boot-check", default=True, show_default=True,
+                 help="Boot each new ISO in QEMU to its login prompt."),
+)
