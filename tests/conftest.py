@@ -19,6 +19,7 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 from builder.proof.ollama_double import SCRIPT, write_model  # noqa: E402
+from tests.fixtures.trees import double_archive, trees, verify_roots  # noqa: E402,F401 (fixtures)
 
 _START_TIMEOUT_S = 10.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -156,7 +156,7 @@ def test_units_load_the_settings_files_in_order() -> None:
             [], listed, listed[:2], listed[2:]), template.name
 
 
-CONSOLE_UNIT = "neuraldrive-console@.service"  # its exposure limit: test_render.EXPOSURE_LIMITS
+CONSOLE_UNIT = "neuraldrive-console@.service"  # its exposure limit: test_render_units.EXPOSURE_LIMITS
 
 
 def test_console_unit_takes_the_gettys_place_and_needs_only_its_exceptions() -> None:

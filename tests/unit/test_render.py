@@ -6,58 +6,16 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from builder.artifacts.lock import Artifact, resolve_artifacts
 from builder.errors import VMError
 from builder.image.lbconfig import lb_config_args
-from builder.image.render import ROOT, StagedArtifact, render_tree
-from builder.profile import PROFILES_DIR, Profile, load_profile
-from builder.proof.ollama_double.package import build_archive
+from builder.image.render import ROOT, render_tree
+from builder.profile import load_profile
 from builder.vm.media import menu_entry_append
-from tests import unitcheck
-
-PROFILES = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-INCLUDES = "config/includes.chroot_after_packages"
-
-
-@pytest.fixture(scope="session")
-def double_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_archive(tmp_path_factory.mktemp("double"))
-
-
-def staged_for(profile: Profile, archive: Path) -> list[StagedArtifact]:
-    """The profile's real pins, with the double's bytes standing in for every file."""
-    try:
-        artifacts = resolve_artifacts(profile)
-    except Exception:  # unpinned ROCm archive: render with a placeholder pin
-        artifacts = [Artifact(name=n, version="0", url="https://x/" + n, sha256="0" * 64, source="")
-                     for n in ("ollama-linux-amd64.tar.zst", "ollama-linux-amd64-rocm.tar.zst")]
-    return [StagedArtifact(artifact=a, path=archive) for a in artifacts]
-
-
-@pytest.fixture(scope="session")
-def trees(tmp_path_factory: pytest.TempPathFactory, double_archive: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for name in PROFILES:
-        profile = load_profile(name)
-        out[name] = render_tree(profile, tmp_path_factory.mktemp(f"tree-{name}"), staged_for(profile, double_archive))
-    return out
-
-
-@pytest.fixture(scope="session")
-def verify_roots(trees: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return {name: unitcheck.verify_root(tree / INCLUDES, tmp_path_factory.mktemp(f"root-{name}"))
-            for name, tree in trees.items()}
-
-
-def text_files(tree: Path) -> Iterator[Path]:
-    for path in tree.rglob("*"):
-        if path.is_file() and not path.is_symlink() and path.suffix != ".zst":
-            yield path
+from tests.fixtures.trees import INCLUDES, PROFILES, staged_for, text_files
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -247,38 +205,6 @@ def test_caddyfile_is_accepted_by_caddy(trees: dict[str, Path], name: str) -> No
     assert '"dial":"unix//run/neuraldrive-auth/auth.sock"' in result.stdout
 
 
-@pytest.mark.parametrize("name", PROFILES)
-def test_units_pass_systemd_analyze_verify(verify_roots: dict[str, Path], name: str) -> None:
-    root = verify_roots[name]
-    result = unitcheck.verify(root, unitcheck.units(root))
-    assert result.returncode == 0, result.stderr
-    problems = [line for line in result.stderr.splitlines() if "neuraldrive" in line]
-    assert problems == [], "\n".join(problems)
-
-
-# Units with more than 1.5, each for its job: the engines need the GPU; the console menu is root
-# with CAP_CHOWN (the API key's group) and CAP_SYS_BOOT (reboot), the host's devices (its terminal,
-# nvidia-smi) and AF_UNIX/AF_NETLINK (docs/appliance.md, "The console menu").
-EXPOSURE_LIMITS = {"neuraldrive-ollama": 2.0, "neuraldrive-llama-server": 2.0, "neuraldrive-console": 2.1}
-
-
-@pytest.mark.parametrize("name", ["default", "cpu", "test"])
-def test_units_exposure_within_thresholds(verify_roots: dict[str, Path], name: str) -> None:
-    root = verify_roots[name]
-    table = []
-    failures = []
-    for unit in unitcheck.units(root):
-        if not unit.endswith(".service"):
-            continue
-        score, _ = unitcheck.exposure(root, unit)
-        limit = next((v for prefix, v in EXPOSURE_LIMITS.items() if unit.startswith(prefix)), 1.5)
-        table.append(f"{unit:<40} {score:4.1f}  (limit {limit})")
-        if score > limit:
-            failures.append(unit)
-    print("\n" + "\n".join(table))
-    assert failures == [], "\n".join(table)
-
-
 def test_release_trees_hold_no_secret(trees: dict[str, Path]) -> None:
     patterns = [
         re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
@@ -353,45 +279,3 @@ def test_default_menu_entry_takes_labelled_luks_persistence(trees: dict[str, Pat
     assert menu_entry_append(cfg, "neuraldrive").endswith("persistence-encryption=none,lukslabel")
     with pytest.raises(VMError):
         menu_entry_append(cfg, "missing")
-
-
-def test_nvidia_driver_is_not_loaded_at_every_boot(trees: dict[str, Path], tmp_path: Path) -> None:
-    """NVIDIA's modules-load.d link loads nvidia-drm with or without a GPU; the hook replaces it with a
-    plain file that loads nothing (run here against a copy of that layout)."""
-    hook_path = "config/hooks/live/04-enable-units.hook.chroot"
-    assert "modules-load.d/nvidia.conf" not in (trees["cpu"] / hook_path).read_text()
-    hook = (trees["nvidia"] / hook_path).read_text()
-    block = [line for line in hook.splitlines() if "/etc/modules-load.d/nvidia.conf" in line]
-    assert len(block) == 2, hook
-    (tmp_path / "etc/nvidia").mkdir(parents=True)
-    (tmp_path / "etc/modules-load.d").mkdir()
-    target = tmp_path / "etc/nvidia/nvidia-load.conf"
-    target.write_text("nvidia-drm\n")
-    (tmp_path / "etc/modules-load.d/nvidia.conf").symlink_to(target)
-    script = "\n".join(line.replace("/etc/", f"{tmp_path}/etc/") for line in block)
-    subprocess.run(["sh", "-euc", script], check=True)
-    conf = tmp_path / "etc/modules-load.d/nvidia.conf"
-    assert not conf.is_symlink()
-    assert all(line.startswith("#") for line in conf.read_text().splitlines())
-    assert target.read_text() == "nvidia-drm\n"
-
-
-@pytest.mark.parametrize("driver_loaded", [False, True])
-def test_engine_loads_uvm_only_with_the_nvidia_driver_loaded(trees: dict[str, Path], tmp_path: Path,
-                                                             driver_loaded: bool) -> None:
-    unit = (trees["nvidia"] / INCLUDES / "etc/systemd/system/neuraldrive-ollama.service").read_text()
-    pre = re.findall(r"^ExecStartPre=-\+/bin/sh -c '(.*)'$", unit, re.MULTILINE)
-    assert [("nvidia-current-uvm" in p, "nvidia-modprobe -u" in p) for p in pre] == [(True, False), (False, True)]
-    calls = tmp_path / "calls"
-    recorder = tmp_path / "recorder"
-    recorder.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
-    recorder.chmod(0o755)
-    module_dir = tmp_path / "sys-module-nvidia"
-    if driver_loaded:
-        module_dir.mkdir()
-    for command in pre:
-        local = command.replace("/sys/module/nvidia", str(module_dir))
-        local = local.replace("/sbin/modprobe", str(recorder)).replace("/usr/bin/nvidia-modprobe", str(recorder))
-        subprocess.run(["sh", "-c", local], check=True)
-    expected = "nvidia-current-uvm\n-u\n" if driver_loaded else None
-    assert (calls.read_text() if calls.exists() else None) == expected
