@@ -1,11 +1,9 @@
-"""Tests for the Ollama-API test double (real HTTP on 127.0.0.1)."""
+"""The Ollama-API test double as a program: its CLI (version, list, ps, stop), Go durations, `serve` stopping
+on SIGTERM, and the release-style archive. Its HTTP API: test_ollama_double_api.py."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib
-import json
 import os
 import signal
 import socket
@@ -13,49 +11,14 @@ import stat
 import subprocess
 import sys
 import tarfile
-import time
-import urllib.error
-import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from builder.proof.ollama_double import SCRIPT
 from builder.proof.ollama_double.package import ARCHIVE_NAME, build_archive
-
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def request(method: str, url: str, body: Any = None) -> tuple[int, dict[str, str], bytes]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with _OPENER.open(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    status, _headers, raw = request(method, url, body)
-    return status, json.loads(raw)
-
-
-def ps_names(url: str) -> list[str]:
-    return [m["name"] for m in call("GET", url + "/api/ps")[1]["models"]]
-
-
-def wait_until_unloaded(url: str, name: str, timeout: float = 5.0) -> float:
-    """Poll /api/ps like a real client must; returns seconds waited."""
-    start = time.monotonic()
-    while name in ps_names(url):
-        assert time.monotonic() - start < timeout, f"{name} still loaded"
-        time.sleep(0.05)
-    return time.monotonic() - start
+from tests.fixtures.ollama_double import call, load_script, wait_until_unloaded
 
 
 def run_cli(host: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -63,15 +26,6 @@ def run_cli(host: str, *args: str) -> subprocess.CompletedProcess[str]:
     env["OLLAMA_HOST"] = host
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, check=False,
                           capture_output=True, text=True, timeout=20)
-
-
-@functools.cache
-def load_script(module: str = "goenv") -> ModuleType:
-    """A module of the double (lib/ollama/testdouble/): by default its Go semantics, goenv.py."""
-    lib = str(SCRIPT.parent / "lib" / "ollama")
-    if lib not in sys.path:
-        sys.path.insert(0, lib)
-    return importlib.import_module(f"testdouble.{module}")
 
 
 # ---- program basics ---------------------------------------------------------
@@ -116,132 +70,6 @@ def test_go_duration_errors(text: str, message: str) -> None:
     module = load_script()
     with pytest.raises(module.DurationError, match="^" + message.replace(".", r"\.") + "$"):
         module.parse_go_duration(text)
-
-
-# ---- native HTTP API ----------------------------------------------------------
-
-def test_root_version_and_headers(ollama_double: Any) -> None:
-    status, headers, body = request("GET", ollama_double.url + "/")
-    assert (status, body) == (200, b"Ollama is running")
-    assert headers["Server"] == "ollama-test-double"
-    status, headers, body = request("HEAD", ollama_double.url + "/")
-    assert (status, body) == (200, b"")
-    assert call("GET", ollama_double.url + "/api/version") == (200, {"version": "0.0.0-testdouble"})
-
-
-def test_unknown_path_is_404(ollama_double: Any) -> None:
-    status, headers, _ = request("GET", ollama_double.url + "/api/nope")
-    assert status == 404 and headers["Server"] == "ollama-test-double"
-
-
-def test_tags_lists_added_models(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny")
-    ollama_double.add_model("big:7b", size=8 * 10**9)
-    status, body = call("GET", ollama_double.url + "/api/tags")
-    assert status == 200
-    models = {m["name"]: m for m in body["models"]}
-    assert set(models) == {"tiny:latest", "big:7b"}
-    tiny = models["tiny:latest"]
-    assert tiny["model"] == "tiny:latest" and tiny["size"] == 1234
-    assert models["big:7b"]["size"] == 8 * 10**9
-    assert len(tiny["digest"]) == 64
-    assert tiny["details"]["format"] == "gguf" and tiny["details"]["family"] == "testdouble"
-    assert {"parameter_size", "quantization_level"} <= set(tiny["details"])
-    datetime.fromisoformat(tiny["modified_at"])
-
-
-def test_load_forever_shows_in_ps(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny", size=5000)
-    status, body = call("POST", ollama_double.url + "/api/generate",
-                        {"model": "tiny", "keep_alive": -1})
-    assert status == 200
-    assert (body["model"], body["response"], body["done"], body["done_reason"]) == \
-        ("tiny", "", True, "load")
-    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
-    assert loaded["name"] == "tiny:latest"
-    assert loaded["size"] == loaded["size_vram"] == 5000
-    assert datetime.fromisoformat(loaded["expires_at"]).year > 2300
-    assert loaded["context_length"] > 0 and loaded["details"]["format"] == "gguf"
-
-
-def test_unload_answers_before_eviction(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny")
-    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": -1})
-    status, body = call("POST", ollama_double.url + "/api/generate",
-                        {"model": "tiny", "keep_alive": 0})
-    assert status == 200 and body["done_reason"] == "unload" and body["done"] is True
-    assert ps_names(ollama_double.url) == ["tiny:latest"]  # not evicted yet
-    assert wait_until_unloaded(ollama_double.url, "tiny:latest") > 0.2
-
-
-def test_keep_alive_string_needs_unit(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny")
-    for value in ("-1", "10"):
-        status, body = call("POST", ollama_double.url + "/api/generate",
-                            {"model": "tiny", "keep_alive": value})
-        assert status == 400
-        assert body == {"error": f'time: missing unit in duration "{value}"'}
-    status, _ = call("POST", ollama_double.url + "/api/generate",
-                     {"model": "tiny", "keep_alive": "5m"})
-    assert status == 200
-    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
-    remaining = datetime.fromisoformat(loaded["expires_at"]) - datetime.now(UTC)
-    assert 290 < remaining.total_seconds() <= 300
-
-
-def test_expired_model_leaves_ps(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny")
-    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": 0.3})
-    assert ps_names(ollama_double.url) == ["tiny:latest"]
-    wait_until_unloaded(ollama_double.url, "tiny:latest")
-
-
-def test_unknown_model_is_404(ollama_double: Any) -> None:
-    status, body = call("POST", ollama_double.url + "/api/generate",
-                        {"model": "ghost", "keep_alive": 0})
-    assert (status, body) == (404, {"error": "model 'ghost' not found"})
-
-
-def test_generate_with_prompt(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny")
-    status, body = call("POST", ollama_double.url + "/api/generate",
-                        {"model": "tiny", "prompt": "hi", "stream": False})
-    assert status == 200
-    assert (body["response"], body["done_reason"], body["eval_count"]) == \
-        ("test double reply", "stop", 3)
-    assert ps_names(ollama_double.url) == ["tiny:latest"]
-    # Streaming is the default: NDJSON lines, the last one done.
-    status, headers, raw = request("POST", ollama_double.url + "/api/generate",
-                                   {"model": "tiny", "prompt": "hi"})
-    lines = [json.loads(line) for line in raw.splitlines()]
-    assert status == 200 and headers["Content-Type"] == "application/x-ndjson"
-    assert "".join(x["response"] for x in lines) == "test double reply"
-    assert lines[-1]["done"] is True and not any(x["done"] for x in lines[:-1])
-
-
-# ---- OpenAI-compatible API ------------------------------------------------------
-
-def test_v1_models(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny")
-    status, body = call("GET", ollama_double.url + "/v1/models")
-    assert status == 200 and body["object"] == "list"
-    [model] = body["data"]
-    assert (model["id"], model["object"], model["owned_by"]) == ("tiny:latest", "model", "library")
-    assert isinstance(model["created"], int)
-
-
-def test_v1_chat_completions(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny")
-    status, body = call("POST", ollama_double.url + "/v1/chat/completions",
-                        {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
-    assert status == 200 and body["object"] == "chat.completion" and body["id"]
-    [choice] = body["choices"]
-    assert choice["message"] == {"role": "assistant", "content": "test double reply"}
-    assert choice["finish_reason"] == "stop" and body["usage"]["total_tokens"] > 0
-    status, body = call("POST", ollama_double.url + "/v1/chat/completions",
-                        {"model": "ghost", "messages": [{"role": "user", "content": "hi"}]})
-    assert status == 404
-    assert body["error"]["type"] == "api_error" and "ghost" in body["error"]["message"]
 
 
 # ---- CLI client -----------------------------------------------------------------
@@ -323,46 +151,3 @@ def test_archive_is_reproducible_and_official_layout(tmp_path: Path) -> None:
     assert stat.S_IMODE(binary.stat().st_mode) & 0o111
     out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=True)
     assert "TEST DOUBLE" in out.stdout
-
-
-# ---- keep_alive kept by a request that omits it (seed 002), CPU fallback ---------------
-
-def test_omitted_keep_alive_keeps_the_loaded_value(ollama_double: Any) -> None:
-    """server/sched.go: only a request that sets keep_alive changes a loaded runner's duration."""
-    ollama_double.add_model("tiny")
-    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": -1})
-    status, _ = call("POST", ollama_double.url + "/api/generate",
-                     {"model": "tiny", "prompt": "hi", "stream": False})
-    assert status == 200
-    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
-    assert datetime.fromisoformat(loaded["expires_at"]).year > datetime.now(UTC).year + 200
-    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": "5m"})
-    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "prompt": "hi", "stream": False})
-    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
-    remaining = datetime.fromisoformat(loaded["expires_at"]) - datetime.now(UTC)
-    assert 240 < remaining.total_seconds() <= 300
-
-
-def test_size_vram_is_size_unless_told_to_fall_back(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny", size=5000)
-    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": -1})
-    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
-    assert loaded["size_vram"] == loaded["size"] > 0
-
-
-@pytest.mark.double_env(OLLAMA_TESTDOUBLE_CPU_FALLBACK="1")
-def test_cpu_fallback_reports_no_vram(ollama_double: Any) -> None:
-    ollama_double.add_model("tiny", size=5000)
-    call("POST", ollama_double.url + "/api/generate", {"model": "tiny", "keep_alive": -1})
-    [loaded] = call("GET", ollama_double.url + "/api/ps")[1]["models"]
-    assert loaded["size_vram"] == 0 and loaded["size"] > 0
-
-
-@pytest.mark.double_env(OLLAMA_TESTDOUBLE_STREAM_DELAY_MS="300")
-def test_stream_delay_paces_each_streamed_chunk(ollama_double: Any) -> None:
-    """For fault tests: a reply that is still streaming when the engine is killed."""
-    ollama_double.add_model("tiny", size=5000)
-    started = time.monotonic()
-    status, _headers, raw = request("POST", ollama_double.url + "/api/generate", {"model": "tiny", "prompt": "hi"})
-    assert status == 200 and len(raw.splitlines()) == 4  # three tokens and the final line
-    assert time.monotonic() - started >= 4 * 0.3

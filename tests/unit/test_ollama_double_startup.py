@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from builder.proof.ollama_double import SCRIPT
-from tests.unit.test_ollama_double import call, load_script, ps_names, wait_until_unloaded
+from tests.fixtures.ollama_double import call, load_script, ps_names, wait_until_unloaded
 
 
 def _port() -> int:

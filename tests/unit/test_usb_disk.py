@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_usb_fakes import FakeHost, GiB, MiB, lsblk_sample, part
 
 from builder.usb.disk import Disk, check_disk, claim, inspect_disk
 from builder.usb.errors import UsbError
+from tests.fixtures.usb import FakeHost, GiB, MiB, lsblk_sample, part
 
 ISO_SIZE = 330 * MiB
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from test_usb_fakes import GiB, MiB
 
 from builder.usb.errors import UsbError
 from builder.usb.layout import MBR_LIMIT, mbr_entry, plan_layout, plan_partition
+from tests.fixtures.usb import GiB, MiB
 
 ISO_SIZE = 330 * MiB
 ESP = (2048, 4096)
