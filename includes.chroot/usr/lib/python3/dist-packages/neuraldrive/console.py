@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import re
 import signal
 import sys
@@ -23,9 +22,10 @@ from typing import Any, Protocol
 
 from . import console_ssh, logs, neuraldrive
 from .appliance import api_urls, read_api_key
-from .common import Runner, Settings, human_bytes, load_conf_files, log, run_command
-from .ollama import Client, EngineError, entry_name
-from .paths import ADMIN_USER, API_KEY_FILE, CONF_FILES
+from .common import Runner, human_bytes, log, run_command
+from .context import SettingsContext
+from .ollama import EngineError, entry_name
+from .paths import ADMIN_USER, API_KEY_FILE
 
 TITLE = "NeuralDrive console"
 # (key, label): the key selects the entry (dialog jumps to the item whose tag is typed). The image
@@ -68,23 +68,14 @@ class Screen(Protocol):
 
 
 @dataclass
-class Device:
+class Device(SettingsContext):
     """What the menu touches outside itself, so tests can point it elsewhere."""
 
-    settings: Settings
     run: Runner = run_command
     key_file: Path = Path(API_KEY_FILE)
     keys_file: Path = Path(console_ssh.ADMIN_KEYS)
     # More of neuraldrive.Context's fields (tests: euid, key_group).
     admin_options: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_system(cls) -> Device:
-        return cls(Settings(load_conf_files(CONF_FILES, os.environ)))
-
-    @property
-    def client(self) -> Client:
-        return Client(self.settings.text("OLLAMA_HOST"))
 
     def urls(self) -> tuple[str, str]:
         return api_urls(self.settings.integer("NEURALDRIVE_GATEWAY_PORT", 8443, minimum=1), self.run)

@@ -20,18 +20,16 @@ from .appliance import api_urls
 from .common import (
     ConfigError,
     Runner,
-    Settings,
     fail,
     human_bytes,
-    load_conf_files,
     run_command,
 )
+from .context import SettingsContext
 from .ollama import UNLOAD_WAIT_S, Client, EngineDownError, EngineError, entry_name, matches
 from .paths import (
     ADMIN_KEY_FILE,
     API_KEY_FILE,
     API_KEY_GROUP,
-    CONF_FILES,
     ENGINE_UNIT,
     GPU_ENV,
     STATE_DIR,
@@ -41,10 +39,9 @@ PROG = "neuraldrive"
 
 
 @dataclass
-class Context:
+class Context(SettingsContext):
     """Everything a command touches outside itself, so tests can point it elsewhere."""
 
-    settings: Settings
     run: Runner = run_command
     out: TextIO = field(default_factory=lambda: sys.stdout)
     gpu_env: Path = Path(GPU_ENV)
@@ -54,14 +51,6 @@ class Context:
     key_group: str = API_KEY_GROUP
     euid: Callable[[], int] = os.geteuid
     unload_wait: float = UNLOAD_WAIT_S
-
-    @classmethod
-    def from_system(cls) -> Context:
-        return cls(Settings(load_conf_files(CONF_FILES, os.environ)))
-
-    @property
-    def client(self) -> Client:
-        return Client(self.settings.text("OLLAMA_HOST"))
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
