@@ -102,7 +102,7 @@ def cmd_llama(ctx: Context, _args: argparse.Namespace) -> int:
 def cmd_bench(ctx: Context, args: argparse.Namespace) -> int:
     if args.runs < 1:
         return fail(PROG, "bench: --runs must be at least 1", 2)
-    client = Client(ctx.settings.text("OLLAMA_HOST"))
+    client = ctx.client
     report = bench.bench(client, bench.pick_model(client, args.model), args.runs,
                          status.collect(status_sources(ctx)))
     for line in [json.dumps(report, indent=2)] if args.json else bench.render_text(report):
