@@ -60,6 +60,12 @@ def test_idle_manager_keeps_a_keep_alive_forever_model(host: Any, gateway: Gatew
 
 def test_pinned_model_is_loaded_and_back_after_an_engine_restart(host: Any, gateway: Gateway,
                                                                 api_key: str, model: str) -> None:
+    # Not loaded to begin with (an earlier test may have left it loaded): the idle manager must load it.
+    gateway.request("POST", "/api/generate", key=api_key, body={"model": model, "keep_alive": 0})
+    deadline = time.monotonic() + 30
+    while model in loaded(gateway, api_key):
+        assert time.monotonic() < deadline, "the model did not unload with keep_alive 0"
+        time.sleep(1)
     idle_settings(host, f"NEURALDRIVE_IDLE_TIMEOUT=6\\nNEURALDRIVE_IDLE_INTERVAL=2\\n"
                         f"NEURALDRIVE_IDLE_PINNED={model}\\n")
     try:
