@@ -9,15 +9,19 @@ runs the includes, hooks and binary stage; a changed package list or mirror give
 
 The binary-tools chroot (binarytools.py says what it holds): keyed by the cached bootstrap it is
 made from and the tool list, kept beside that bootstrap, unpacked as the binary stage's outer chroot.
+
+The bench's reference ISO (reference.py) is keyed the same way (config_key: live-build's version and
+its `lb config` options, binary-only ones too) and kept as one file (keep_file).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,18 +51,31 @@ class Layer:
         return self.path.is_file()
 
 
-def layer_key(options: Sequence[LbOption], build_dir: Path, lb_version: str) -> str:
+def config_key(kind: str, options: Sequence[LbOption], lb_version: str, binary_too: bool,
+               inputs: Iterable[bytes] = ()) -> str:
+    """A cache key from what live-build makes an image of: `kind` (with its format), the live-build
+    version, the `lb config` options (those lbconfig marks binary-only only if `binary_too`) and
+    other `inputs` that reach the build."""
     digest = hashlib.sha256()
-    digest.update(f"layer format {LAYER_FORMAT}\nlive-build {lb_version}\n".encode())
+    digest.update(f"{kind}\nlive-build {lb_version}\n".encode())
     for option in options:
-        if not option.binary_only:
+        if binary_too or not option.binary_only:
             digest.update(option.option.encode() + b"\0" + option.value.encode() + b"\0")
+    for chunk in inputs:
+        digest.update(chunk)
+    return digest.hexdigest()[:24]
+
+
+def _package_inputs(build_dir: Path) -> Iterator[bytes]:
     for name in _INPUT_DIRS:
         base = build_dir / name
         for path in sorted(base.rglob("*")) if base.is_dir() else []:
             if path.is_file():
-                digest.update(str(path.relative_to(build_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:24]
+                yield str(path.relative_to(build_dir)).encode() + b"\0" + path.read_bytes() + b"\0"
+
+
+def layer_key(options: Sequence[LbOption], build_dir: Path, lb_version: str) -> str:
+    return config_key(f"layer format {LAYER_FORMAT}", options, lb_version, False, _package_inputs(build_dir))
 
 
 def layer_for(cache_dir: Path, key: str) -> Layer:
@@ -136,6 +153,19 @@ def restore_tools(build_dir: Path, archive: Path) -> None:
         raise LiveBuildError(f"{error} (delete it or build with --no-cache)") from None
     os.rename(image, chroot / "chroot")
     (build_dir / ".build/binary_chroot").touch()
+
+
+def keep_file(source: Path, target: Path, keep: int) -> None:
+    """Move `source` to `target` atomically (a partial file never looks like a cache entry) and keep
+    only the `keep` newest files of its kind (same suffix) beside it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        shutil.move(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    prune_archives(target.parent, f"*{target.suffix}", keep)
 
 
 def prune_archives(directory: Path, pattern: str, keep: int) -> None:
