@@ -3,9 +3,9 @@
 
 Thin CLI: each command parses its options and calls one function of builder/; the option groups the
 commands share and the error mapping (exit 2 bad input, 1 build or run failure, one-line messages)
-live in builder/cli.py. Where a command's options make one request (test, boot, usb, release), they
+live in builder/cli.py. Where a command's options make one request (test, bench, boot, usb, release), they
 reach it as `**request`: a new option is a click option in that command's group in builder/cli.py
-(TEST_RUN, BOOT_SPEC, USB_REQUEST, RELEASE_SIGNING) and a field of that dataclass.
+(TEST_RUN, BENCH_RUN, BOOT_SPEC, USB_REQUEST, RELEASE_SIGNING) and a field (parameter) of what it reaches.
 """
 
 from __future__ import annotations
@@ -115,18 +115,18 @@ def test_cmd(no_cache: bool, **request: Any) -> None:
 
 @cli.command()
 @shared.options(shared.profile_option("test", "Profile to measure."), shared.out_option("out/bench"))
-@click.option("--boot-runs", default=2, show_default=True, help="Boots per boot mode.")
-@click.option("--modes", default="bios-disk,uefi-disk", show_default=True, help="Boot modes to time.")
+@shared.BENCH_RUN
 @shared.VERBOSE
-def bench(profile_name: str, out_dir: Path, boot_runs: int, modes: str) -> None:
-    """Measure cold and warm builds and boot-to-ready times; print a table and write bench.json.
+def bench(**request: Any) -> None:
+    """Measure cold and warm builds and first boots to the gateway, beside a stock Debian live reference
+    booted to its login prompt in the same run; print a table and write bench.json.
 
-    Uses its own empty cache for the cold build (downloads everything once) and the Ollama-API
-    test double (or NEURALDRIVE_OLLAMA_ARCHIVE): bench images are measured, never shipped.
+    Uses its own empty cache for the builds and the Ollama-API test double (or
+    NEURALDRIVE_OLLAMA_ARCHIVE): bench images are measured, never shipped.
     """
     from builder.proof.session import measure
 
-    measure(profile_name, out_dir, boot_runs, modes)
+    measure(**request)
 
 
 @cli.command()

@@ -139,6 +139,19 @@ TEST_RUN = options(
 )
 
 
+# `bench`'s options beyond profile/out: measure()'s arguments.
+BENCH_RUN = options(
+    click.option("--boot-runs", type=click.IntRange(min=1), default=3, show_default=True,
+                 help="Boots per boot mode, of each image (the figures are medians)."),
+    click.option("--modes", default="bios-disk,uefi-disk", show_default=True, help="Boot modes to time."),
+    click.option("--no-reference", is_flag=True,
+                 help="Do not build or boot the reference (a stock Debian live ISO from plain `lb config` defaults, "
+                      "booted to its login prompt in each mode to compare with)."),
+    click.option("--cache-dir", type=PATH, default=DEFAULT_CACHE, show_default=True,
+                 help="Where the reference ISO is cached (built once); the bench's own builds use an empty cache."),
+)
+
+
 # `boot`'s machine: a BootSpec's fields.
 BOOT_SPEC = options(
     click.option("--firmware", type=click.Choice(["bios", "uefi"]), default="bios", show_default=True),

@@ -118,11 +118,13 @@ def prove_image(request: ProofRequest) -> Summary:
                                iso_b if request.stick and iso_b.is_file() else None)
 
 
-def measure(profile_name: str, out_dir: Path, boot_runs: int, modes: str) -> None:
+def measure(profile_name: str, out_dir: Path, boot_runs: int, modes: str, cache_dir: Path,
+            no_reference: bool) -> None:
     """`build.py bench`: cold and warm builds and boots of the profile, with the test double (or the real
-    archive NEURALDRIVE_OLLAMA_ARCHIVE names)."""
+    archive NEURALDRIVE_OLLAMA_ARCHIVE names), and the reference ISO (cached in `cache_dir`) booted alongside."""
     real_archive = Path(os.environ[REAL_ARCHIVE_ENV]) if os.environ.get(REAL_ARCHIVE_ENV) else None
     mode_list = parse_modes(modes)
     profile = load_profile(profile_name)
     with test_run(profile, real_archive, with_key=profile.ssh.enabled, prefix="neuraldrive-bench-run-") as run:
-        run_bench(run.profile, run.bench_options(), out_dir, boot_runs, run.key, mode_list)
+        run_bench(run.profile, run.bench_options(), out_dir, boot_runs, run.key, mode_list,
+                  reference_cache=None if no_reference else cache_dir)

@@ -42,6 +42,14 @@ def test_every_command_has_help(command: str) -> None:
     assert "Usage:" in result.output
 
 
+def test_bench_options() -> None:
+    shown = " ".join(run("bench", "--help").output.split())
+    assert "--no-reference" in shown and "--cache-dir" in shown
+    assert "(the figures are medians). [default: 3; x>=1]" in shown  # the median of 3
+    bad = run("bench", "--boot-runs", "0")
+    assert bad.exit_code == 2 and "--boot-runs" in bad.output
+
+
 def test_bad_profile_is_exit_2_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("extends: default\ngateway:\n  port: nope\n")
