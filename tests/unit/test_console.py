@@ -16,7 +16,7 @@ from builder.proof import consolemenu
 from tests.conftest import OllamaDouble
 from tests.fixtures.console import FakeScreen, device
 from tests.fixtures.gpu import FakeRunner, lib
-from tests.unit.test_neuraldrive import IP_JSON, SYSTEMD
+from tests.fixtures.neuraldrive import IP_JSON, SYSTEMD
 
 console = lib("console")
 common = lib("common")

@@ -2,55 +2,21 @@
 
 from __future__ import annotations
 
-import grp
-import io
 import json
-import os
 import socket
-import stat
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import OllamaDouble
 from tests.fixtures.gpu import FakeRunner, clean_env, lib, program
+from tests.fixtures.neuraldrive import GIB, context, dead_host
 
 admin = lib("neuraldrive")
 common = lib("common")
 gpu = lib("gpu")
 ollama = lib("ollama")
-
-GIB = 2**30
-IP_JSON = json.dumps([{}, {"ifname": "enp1s0", "addr_info": [
-    {"family": "inet6", "local": "fd00::2", "scope": "global"},
-    {"family": "inet", "local": "192.168.1.20", "scope": "global"}]}])
-SYSTEMD = {
-    ("ip",): (0, IP_JSON, ""),
-    ("systemctl", "list-unit-files"): (0, "neuraldrive-gpu-detect.service enabled enabled\n"
-                                          "neuraldrive-ollama.service enabled enabled\n"
-                                          "neuraldrive-ollama@.service disabled enabled\n"
-                                          "neuraldrive-healthcheck.timer enabled enabled\n", ""),
-    ("systemctl", "is-active"): (3, "active\nactive\ninactive\n", ""),
-}
-
-
-def dead_host() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
-
-
-def context(tmp_path: Path, host: str, **kw: Any) -> tuple[Any, io.StringIO, FakeRunner]:
-    out = io.StringIO()
-    run = kw.pop("run", None) or FakeRunner(dict(SYSTEMD))
-    ctx = admin.Context(common.Settings({"OLLAMA_HOST": host, "NEURALDRIVE_GATEWAY_PORT": "8443",
-                                         "NEURALDRIVE_HEALTH_DISK_WARN_PERCENT": "100"}),
-                        run=run, out=out, gpu_env=tmp_path / "gpu.env", state_dir=tmp_path,
-                        key_file=tmp_path / "api-key", **kw)
-    return ctx, out, run
-
 
 def loaded_names(double: OllamaDouble) -> list[str]:
     return [ollama.entry_name(m) for m in ollama.Client(double.host).ps()]
@@ -167,57 +133,6 @@ def test_health_reports_without_restarting(tmp_path: Path, ollama_double: Ollama
     ctx, _, run = context(tmp_path, dead_host())
     assert admin.main(["health"], ctx) == 1
     assert not [c for c in run.calls if c[:2] == ["systemctl", "restart"]]
-
-
-def test_key_show(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                  monkeypatch: pytest.MonkeyPatch) -> None:
-    ctx, out, _ = context(tmp_path, dead_host())
-    assert admin.main(["key", "show"], ctx) == 1
-    assert "no API key at" in capsys.readouterr().err
-    (tmp_path / "api-key").write_text("nd-secret\n")
-    assert admin.main(["key", "show"], ctx) == 0
-    assert out.getvalue() == "nd-secret\n"
-
-    def denied(path: object) -> str:
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(lib("keys"), "read_api_key", denied)
-    assert admin.main(["key", "show"], ctx) == 1
-    assert "permission denied (run as root or as a member of group neuraldrive-api)" in (
-        capsys.readouterr().err)
-
-
-def test_key_rotate_needs_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ctx, _, run = context(tmp_path, dead_host(), euid=lambda: 1000)
-    assert admin.main(["key", "rotate"], ctx) == 1
-    assert "must be run as root" in capsys.readouterr().err
-    assert run.calls == []
-
-
-def test_key_rotate(tmp_path: Path) -> None:
-    group = grp.getgrgid(os.getgid()).gr_name  # stands in for neuraldrive-api
-    (tmp_path / "api-key").write_text("nd-old\n")
-    ctx, out, run = context(tmp_path, dead_host(), euid=lambda: 0, key_group=group)
-    assert admin.main(["key", "rotate"], ctx) == 0
-    key = (tmp_path / "api-key").read_text()
-    assert key.startswith("nd-") and len(key) >= 3 + 43 and key.strip() == key
-    info = os.stat(tmp_path / "api-key")
-    assert stat.S_IMODE(info.st_mode) == 0o640 and info.st_gid == os.getgid()
-    assert out.getvalue().splitlines()[0] == key
-    assert run.calls == [["systemctl", "start", "--no-block", "neuraldrive-issue.service"]]  # no gateway restart
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".api-key")] == []
-
-
-def test_admin_key_show_and_rotate(tmp_path: Path) -> None:
-    group = grp.getgrgid(os.getgid()).gr_name
-    (tmp_path / "admin-key").write_text("nd-admin-old\n")
-    ctx, out, run = context(tmp_path, dead_host(), euid=lambda: 0, key_group=group,
-                            admin_key_file=tmp_path / "admin-key")
-    assert admin.main(["key", "show", "--admin"], ctx) == 0
-    assert out.getvalue().strip() == "nd-admin-old"
-    assert admin.main(["key", "rotate", "--admin"], ctx) == 0
-    new = (tmp_path / "admin-key").read_text()
-    assert new.startswith("nd-") and new != "nd-admin-old" and run.calls == []  # nothing to restart
 
 
 def run_cli(name: str, *args: str, host: str) -> subprocess.CompletedProcess[str]:
