@@ -88,7 +88,11 @@ def cli(*args: str) -> Result:
 def test_release_writes_the_full_set_for_two_profiles(tmp_path: Path, signing: Path) -> None:
     out = tmp_path / "rel"
     outputs = [fake_outputs(out, "cpu"), fake_outputs(out, "nvidia")]
-    result = finish_release(outputs, out, KEY_ENV)
+    old_umask = os.umask(0o022)  # a usual umask: the published files must come out world-readable
+    try:
+        result = finish_release(outputs, out, KEY_ENV)
+    finally:
+        os.umask(old_umask)
     listed = (out / "SHA256SUMS").read_text().splitlines()
     assert len(listed) == 10 and {line.split()[1] for line in listed} == {p.name for p in result.files}
     for item in outputs:
@@ -97,6 +101,8 @@ def test_release_writes_the_full_set_for_two_profiles(tmp_path: Path, signing: P
     assert result.unofficial == [o.iso.name for o in outputs] and "UNOFFICIAL" in result.summary()
     # Any sha256sum checks the set as well.
     assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=out, check=False).returncode == 0
+    # Published: readable by whoever serves them (mkstemp's 0600 made SHA256SUMS and the SBOMs private).
+    assert [p.name for p in out.iterdir() if p.stat().st_mode & 0o044 != 0o044] == []
 
 
 def test_verify_accepts_a_release_and_says_unofficial(released: tuple[list[Outputs], Path]) -> None:
