@@ -4,6 +4,8 @@
 #   docker run --privileged --rm -v "$PWD/out:/src/out" -v neuraldrive-cache:/root/.cache/neuraldrive \
 #       neuraldrive-builder iso --profile nvidia
 #   docker run --privileged --rm -v "$PWD/out:/src/out" neuraldrive-builder test --iso out/ci/...iso
+# With podman, mount the cache volume with `:dev` (podman mounts named volumes nodev, and live-build's
+# chroot with its device nodes lives there): -v neuraldrive-cache:/root/.cache/neuraldrive:dev
 # The image is set up by the same script as a bare host (scripts/setup-host), so the two cannot drift.
 # BASE names the Debian trixie image to start from; where no registry is reachable, scripts/docker-proof
 # makes one with debootstrap and imports it (--build-arg BASE=localhost/neuraldrive-base:trixie).
