@@ -44,6 +44,9 @@ SOURCES = {
     "packages.lists": "config/package-lists",
     "bootloaders": "config/bootloaders",
 }
+# Macros the templates import (`{% from "config/templates/units.j2" import ... %}`): part of every
+# template root, never rendered into the tree itself.
+TEMPLATE_LIBRARY = "config/templates"
 GPU_LIST_PREFIX = "gpu-"
 
 

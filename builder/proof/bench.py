@@ -30,7 +30,7 @@ from builder.files import ROOT
 from builder.image.pipeline import ArtifactOptions, build_iso
 from builder.image.publish import Outputs, default_source_date_epoch
 from builder.image.reference import Reference, reference_args, reference_iso
-from builder.image.render import SOURCES
+from builder.image.render import SOURCES, TEMPLATE_LIBRARY
 from builder.profile.schema import Profile
 from builder.proof.benchboots import reference_boot, run_boots
 from builder.proof.figures import GATEWAY_GOAL_S, REFERENCE_GOAL, Figure, build_ratios, reference_ratios
@@ -42,7 +42,7 @@ EXTRA_PACKAGE = "htop"
 
 def _source_copy(directory: Path) -> Path:
     """A copy of the template dirs, so the bench can edit one without touching the checkout."""
-    for name in SOURCES:
+    for name in (*SOURCES, TEMPLATE_LIBRARY):  # the library too: the unit templates import it
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, directory / name, symlinks=True)
     return directory

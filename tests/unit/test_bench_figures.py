@@ -117,3 +117,18 @@ def test_a_reference_without_a_login_prompt_is_an_error(tmp_path: Path, monkeypa
     with pytest.raises(VMError, match="did not boot to a login prompt on ttyS0") as caught:
         benchboots.reference_boot(tmp_path / "ref.iso", "uefi-disk", tmp_path / "r")
     assert "--no-reference" in str(caught.value).splitlines()[0] and "Booting" in str(caught.value)
+
+
+def test_the_benchs_source_copy_renders_like_the_checkout(tmp_path: Path) -> None:
+    """The template-change build renders from a copy of the template dirs: the copy must hold what the
+    templates import (config/templates), or that build fails with TemplateNotFound."""
+    from builder.image.render import render_tree
+    from builder.profile import load_profile
+    from builder.proof.bench import _source_copy
+
+    profile = load_profile("test")
+    copy = _source_copy(tmp_path / "src")
+    tree = render_tree(profile, tmp_path / "tree", [], source_root=copy)
+    checkout = render_tree(profile, tmp_path / "checkout", [])
+    unit = "config/includes.chroot_after_packages/etc/systemd/system/neuraldrive-caddy.service"
+    assert (tree / unit).read_text() == (checkout / unit).read_text()
