@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.errors import VMError
 from builder.facts import ADMIN_USER
 
 HOST_ALIAS = "neuraldrive-vm"
@@ -31,8 +33,26 @@ def generate_key(directory: Path) -> Path:
     return key
 
 
+# A Unix socket path holds at most 107 bytes; ssh's ControlPath with %C (40 hex) plus the 17-byte suffix of
+# the master's temporary socket name overflowed it under a deep work dir (the bench's SSH never came up:
+# "SSH not ready within 600s"). %C hashes host, port and user, and every guest gets its own port, so one
+# short directory serves every run.
+SOCKET_PATH_MAX = 107
+CONTROL_SUFFIX = 40 + 17
+
+
+def control_path(directory: Path) -> str:
+    """Where the SSH master's socket goes: beside the run's files when the path fits, else in the temp dir
+    (or /tmp when even that is too deep)."""
+    for base in (str(directory), tempfile.gettempdir(), "/tmp"):
+        candidate = f"{base}/cm-%C" if base == str(directory) else f"{base}/nd-cm-%C"
+        if len(candidate) - 2 + CONTROL_SUFFIX <= SOCKET_PATH_MAX:
+            return candidate
+    raise VMError(f"no directory short enough for an SSH control socket (tried {directory}, the temp dir, /tmp)")
+
+
 def write_ssh_config(directory: Path, key: Path, port: int) -> SshAccess:
-    control = directory / "cm-%C"
+    control = control_path(directory)
     config = directory / "ssh_config"
     config.write_text(
         f"Host {HOST_ALIAS}\n"

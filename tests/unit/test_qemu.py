@@ -103,3 +103,14 @@ def test_vm_hands_qemu_absolute_paths(tmp_path: Path, monkeypatch: pytest.Monkey
     assert any(f"file={tmp_path}/x.iso," in arg for arg in cmd)
     assert any(f"file={tmp_path}/p.qcow2," in arg for arg in cmd)
     assert all("file=x.iso" not in arg and "path=work" not in arg for arg in cmd)
+
+
+def test_ssh_control_socket_path_always_fits() -> None:
+    """ssh's master socket is ControlPath with %C (40 hex) and a 17-byte temporary suffix; past 107 bytes
+    the master cannot bind and every ssh to the guest fails (the bench's deep work dirs did)."""
+    from builder.vm.guest import CONTROL_SUFFIX, SOCKET_PATH_MAX, control_path
+
+    assert control_path(Path("/tmp/nd-x")) == "/tmp/nd-x/cm-%C"  # beside the run's files when it fits
+    deep = Path("/tmp/neuraldrive-bench-fgg2m3j1/boot-bios-disk-0-and-some-more")
+    path = control_path(deep)
+    assert not path.startswith(str(deep)) and len(path) - 2 + CONTROL_SUFFIX <= SOCKET_PATH_MAX
